@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test runs with the network closed except the loopback interface."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _host(address: Any) -> str | None:
+    return address[0] if isinstance(address, tuple) and address else None
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any connection or name lookup that leaves this machine (tests must never touch a hub)."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_connect(self: socket.socket, address: Any) -> Any:
+        host = _host(address)
+        if host is not None and host not in _LOOPBACK:
+            raise OSError(f"tests may not reach the network (connect to {address!r} refused)")
+        return real_connect(self, address)
+
+    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in _LOOPBACK and host is not None:
+            raise socket.gaierror(f"tests may not reach the network (lookup of {host!r} refused)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> Iterator[None]:
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,20 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.models.base import SegmentationModel
+from zoo.registry import create_model, get_entry
+
+
+def tiny_model(name: str, in_channels: int = 1, num_classes: int = 2, **overrides: Any) -> SegmentationModel:
+    """The registered model at its smoke-test size (same structure, fewer channels)."""
+    model = create_model(name, in_channels=in_channels, num_classes=num_classes, **{**get_entry(name).tiny, **overrides})
+    assert isinstance(model, SegmentationModel)
+    return model
+
+
+def small_size(model: SegmentationModel, target: int = 64) -> int:
+    """A small input side the model accepts."""
+    return model.nearest_valid_input_size(max(target, model.min_input_size))
