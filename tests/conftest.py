@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 

@@ -10,7 +10,9 @@ from zoo.registry import create_model, get_entry
 
 def tiny_model(name: str, in_channels: int = 1, num_classes: int = 2, **overrides: Any) -> SegmentationModel:
     """The registered model at its smoke-test size (same structure, fewer channels)."""
-    model = create_model(name, in_channels=in_channels, num_classes=num_classes, **{**get_entry(name).tiny, **overrides})
+    model = create_model(
+        name, in_channels=in_channels, num_classes=num_classes, **{**get_entry(name).tiny, **overrides}
+    )
     assert isinstance(model, SegmentationModel)
     return model
 

@@ -70,7 +70,9 @@ def test_nearest_valid_size_is_valid_and_nearest(name: str) -> None:
     valid = [n for n in range(1, 700) if model.is_valid_input_size(n)]
     assert valid[0] == model.min_input_size
     # the stated multiple describes the accepted sizes exactly
-    assert valid == [n for n in range(model.min_input_size, 700) if (n - model.min_input_size) % model.input_multiple == 0]
+    assert valid == [
+        n for n in range(model.min_input_size, 700) if (n - model.min_input_size) % model.input_multiple == 0
+    ]
     for n in (1, 17, 100, 333, 517, 572, 600):
         best = model.nearest_valid_input_size(n)
         assert best in valid

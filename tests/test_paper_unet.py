@@ -41,7 +41,10 @@ def test_real_forward_at_572_with_narrow_width() -> None:
 
 def test_invalid_size_names_the_nearest_tile() -> None:
     model = meta_unet()
-    with pytest.raises(InputSizeError, match=r"input size 573 is not accepted.*188 \+ 16k.*Nearest valid input: 572 \(output 388\)"):
+    with pytest.raises(
+        InputSizeError,
+        match=r"input size 573 is not accepted.*188 \+ 16k.*Nearest valid input: 572 \(output 388\)",
+    ):
         model.output_size(573)
     with pytest.raises(InputSizeError, match=r"Nearest valid input: 188 \(output 4\)"):
         model.output_size(100)

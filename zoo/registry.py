@@ -104,8 +104,9 @@ def register_model(
         if name in _REGISTRY:
             previous = _REGISTRY[name].fn
             raise ValueError(
-                f"model name {name!r} is already registered (by {previous.__module__}.{previous.__qualname__}); "
-                "choose another name, or create the existing model with overrides instead"
+                f"model name {name!r} is already registered "
+                f"(by {previous.__module__}.{previous.__qualname__}); choose another name, "
+                "or create the existing model with overrides instead"
             )
         doc = inspect.getdoc(entry_fn) or ""
         _REGISTRY[name] = ModelEntry(
@@ -181,8 +182,10 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
     accepted = accepted_overrides(cls)
     missing = [k for k in _STRUCTURAL if k not in kwargs]
     if missing:
-        raise TypeError(f"{name}: missing required keyword argument(s) {missing}; e.g. "
-                        f"create_model({name!r}, in_channels=1, num_classes=2)")
+        raise TypeError(
+            f"{name}: missing required keyword argument(s) {missing}; e.g. "
+            f"create_model({name!r}, in_channels=1, num_classes=2)"
+        )
     unknown = sorted(k for k in kwargs if k not in accepted and k not in _STRUCTURAL)
     if unknown:
         hints = []
@@ -196,9 +199,12 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
         )
     args = {**recipe, **kwargs}
     model = cls(**args)
-    # The resolved arguments travel with the model (checkpoints and run records need them).
+    # The fully resolved arguments (defaults included) travel with the model: checkpoints and run
+    # records must rebuild it exactly even if a default changes later.
+    bound = inspect.signature(cls).bind(**args)
+    bound.apply_defaults()
     model.model_name = name  # type: ignore[assignment]
-    model.model_args = {k: v for k, v in args.items() if k not in _STRUCTURAL}  # type: ignore[assignment]
+    model.model_args = {k: v for k, v in bound.arguments.items() if k not in _STRUCTURAL}  # type: ignore[assignment]
     return model
 
 
@@ -238,7 +244,7 @@ class ModelInfo:
     input_size: int
     output_size: int
     gflops: float
-    recipe: dict[str, Any]
+    arguments: dict[str, Any]
     overrides: list[str]
 
 
@@ -260,7 +266,9 @@ def model_info(
         model = create_model(name, in_channels=in_channels, num_classes=num_classes, **overrides)
     model.to("meta")  # a few builders (smp's channel adaptation) create tensors on the CPU explicitly
     if not isinstance(model, SegmentationModel):
-        raise TypeError(f"{name}: model_info needs a zoo.models.SegmentationModel, got {type(model).__name__}")
+        raise TypeError(
+            f"{name}: model_info needs a zoo.models.SegmentationModel, got {type(model).__name__}"
+        )
     size = model.nearest_valid_input_size(input_size if input_size is not None else entry.reference_size)
     out = model.output_size(size)
     flops = count_flops(model, (1, in_channels, size, size))
@@ -279,6 +287,6 @@ def model_info(
         input_size=size,
         output_size=out,
         gflops=flops / 1e9,
-        recipe=dict(model.model_args),
+        arguments=dict(model.model_args),
         overrides=accepted_overrides(type(model)),
     )

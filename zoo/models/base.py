@@ -8,7 +8,6 @@ everything else (``output_size``, the nearest valid size, the error message) der
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -149,12 +148,8 @@ def checkpoint_segment(segment: nn.Module, fn: Callable[..., Any], *args: Any) -
         fn,
         *args,
         use_reentrant=False,
-        context_fn=functools.partial(_contexts, segment),
+        context_fn=lambda: (contextlib.nullcontext(), _frozen_running_stats(segment)),
     )
-
-
-def _contexts(segment: nn.Module) -> tuple[contextlib.AbstractContextManager[None], ...]:
-    return contextlib.nullcontext(), _frozen_running_stats(segment)
 
 
 @contextlib.contextmanager
@@ -164,7 +159,9 @@ def _frozen_running_stats(segment: nn.Module) -> Iterator[None]:
         for m in segment.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
     ]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    saved = [
+        (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms
+    ]
     for m in norms:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
     try:

@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from zoo.models.base import SegmentationModel
 from zoo.registry import build_model, register_model
 
-__all__ = ["EncoderWeightsUnavailableError", "SmpUNet", "unet_resnet34", "unet_tu_efficientnet_b0", "unetpp_resnet34"]
+__all__ = [
+    "EncoderWeightsUnavailableError",
+    "SmpUNet",
+    "unet_resnet34",
+    "unet_tu_efficientnet_b0",
+    "unetpp_resnet34",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +105,9 @@ class SmpUNet(SegmentationModel):
                 f"could not obtain encoder_weights={encoder_weights!r} for encoder {encoder_name!r}: {err}\n"
                 "This machine cannot reach the Hugging Face Hub, and the weights are not in its cache. "
                 "To proceed: (1) pass encoder_weights=None to train from random initialisation; or "
-                f"(2) on a machine with internet, build the model once with encoder_weights={encoder_weights!r} "
-                "and copy its Hugging Face cache (HF_HOME, default ~/.cache/huggingface) to this machine; or "
-                "(3) load trained zoo weights with create_model(..., weights=TAG). "
+                "(2) on a machine with internet, build the model once with "
+                f"encoder_weights={encoder_weights!r} and copy its Hugging Face cache "
+                "(HF_HOME, default ~/.cache/huggingface) to this machine. "
                 "Set HF_HUB_OFFLINE=1 to make this check fail at once instead of retrying."
             ) from err
         if weights is None:
@@ -128,16 +134,20 @@ class SmpUNet(SegmentationModel):
     def _size_reason(self) -> str:
         if self._needs_multiple:
             return f"its decoder joins {self.encoder_depth} stride-2 stages exactly"
-        return f"the encoder's {self.encoder_depth} stride-2 stages need at least {self.min_input_size} pixels"
+        return (
+            f"the encoder's {self.encoder_depth} stride-2 stages need at least {self.min_input_size} pixels"
+        )
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        features = self._maybe_checkpoint(self.net.encoder, self.net.encoder, x)
-        return self._maybe_checkpoint(self.net, self._decode, features)
+        net: Any = self.net
+        features = self._maybe_checkpoint(net.encoder, net.encoder, x)
+        return self._maybe_checkpoint(net, self._decode, features)
 
     def _decode(self, features: list[Tensor]) -> Tensor:
-        return self.net.segmentation_head(self.net.decoder(features))
+        net: Any = self.net
+        return net.segmentation_head(net.decoder(features))
 
 
 def _smp_weights_arg(encoder_name: str, encoder_weights: str | None) -> Any:

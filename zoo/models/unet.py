@@ -21,7 +21,16 @@ from torch import Tensor, nn
 from zoo.models.base import SegmentationModel
 from zoo.registry import build_model, register_model
 
-__all__ = ["AttentionGate", "ConvBlock", "UNet", "UpBlock", "attention_unet", "unet", "unet_bilinear", "unet_bn"]
+__all__ = [
+    "AttentionGate",
+    "ConvBlock",
+    "UNet",
+    "UpBlock",
+    "attention_unet",
+    "unet",
+    "unet_bilinear",
+    "unet_bn",
+]
 
 NORMS = ("batch", "instance", "group", "none")
 UP_MODES = ("transpose", "bilinear")
@@ -56,7 +65,9 @@ class ConvBlock(nn.Sequential):
     the common PyTorch U-Net layout map index for index.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, mid_ch: int | None = None, padding: int, norm: str) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, *, mid_ch: int | None = None, padding: int, norm: str
+    ) -> None:
         mid = mid_ch or out_ch
         bias = norm == "none"  # a bias before a normalisation layer is redundant
         super().__init__(
@@ -82,7 +93,9 @@ class AttentionGate(nn.Module):
         bias = norm == "none"
         self.w_x = nn.Sequential(nn.Conv2d(skip_ch, inter_ch, 1, bias=False), _norm(norm, inter_ch))
         self.w_g = nn.Sequential(nn.Conv2d(gate_ch, inter_ch, 1, bias=bias), _norm(norm, inter_ch))
-        self.psi = nn.Sequential(nn.Conv2d(inter_ch, 1, 1, bias=True), _norm(norm, 1) if norm == "batch" else nn.Identity())
+        self.psi = nn.Sequential(
+            nn.Conv2d(inter_ch, 1, 1, bias=True), _norm(norm, 1) if norm == "batch" else nn.Identity()
+        )
 
     def forward(self, x: Tensor, g: Tensor) -> Tensor:
         alpha = torch.sigmoid(self.psi(F.relu(self.w_x(x) + self.w_g(g))))
@@ -183,7 +196,9 @@ class UNet(SegmentationModel):
         if not 1 <= depth <= 6:
             raise ValueError(f"depth={depth} is out of range; use 1 to 6 (the paper uses 4)")
         if base_channels < 2:
-            raise ValueError(f"base_channels={base_channels} is too small; use at least 2 (the paper uses 64)")
+            raise ValueError(
+                f"base_channels={base_channels} is too small; use at least 2 (the paper uses 64)"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
         if in_channels < 1 or num_classes < 1:
@@ -211,10 +226,8 @@ class UNet(SegmentationModel):
         c_in = widths[-1]
         for k in reversed(range(depth)):
             skip = widths[k]
-            if up_kind == "transpose":
-                c_out = skip
-            else:
-                c_out = skip // 2 if k > 0 else skip
+            # bilinear: the next up-sampling keeps channels, so this block halves them (not the last)
+            c_out = skip // 2 if up_kind == "bilinear" and k > 0 else skip
             blocks.append(
                 UpBlock(c_in, skip, c_out, up_mode=up_kind, padding=pad, norm=norm_kind, attention=attention)
             )
