@@ -1,0 +1,386 @@
+"""Segmentation datasets: ISBI 2012, Carvana and a generic image/mask folder.
+
+A sample is ``(image, mask)``: image float32 ``(C, H, W)`` scaled to [0, 1], mask int64 ``(H, W)`` of
+class indices. Every dataset also knows each sample's ``names`` (file stems, for reports) and ``groups``
+(what must not be split apart: the car for Carvana, the slice for ISBI), so splits can be made right.
+
+Small datasets are decoded once and kept in memory (ISBI always; others when they fit in
+``cache_bytes``); larger ones decode per access, which DataLoader workers parallelise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from zoo.data.io import DataError, read_image, read_stack
+
+__all__ = [
+    "CarvanaDataset",
+    "FolderDataset",
+    "ISBI2012Dataset",
+    "Item",
+    "SegmentationDataset",
+    "detect_layout",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample's provenance: its name, its group, and where its pixels come from."""
+
+    name: str
+    group: str
+    image: str
+    mask: str | None
+
+
+class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Base class: items, decoding with validation, optional resize, and the in-memory cache.
+
+    Subclasses fill ``self.items`` and implement :meth:`_decode` returning ``(image uint8 (H, W) or
+    (H, W, 3), mask int64 (H, W))``, already validated.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    class_names: tuple[str, ...] = ("background", "foreground")
+
+    def __init__(self, *, resize: tuple[int, int] | None = None, cache: bool | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.items: list[Item] = []
+        self.resize = resize
+        self._cache_flag = cache
+        self._cache_bytes = cache_bytes
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    # -- subclass hooks ----------------------------------------------------------------------------
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # -- public API --------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [it.name for it in self.items]
+
+    @property
+    def groups(self) -> list[str]:
+        return [it.group for it in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The sample as uint8 image and int64 mask arrays (resized if asked), from the cache if any."""
+        if self._cache is not None:
+            return self._cache[index]
+        image, mask = self._decode(index)
+        return self._resized(image, mask)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.arrays(index)
+        img = torch.from_numpy(np.ascontiguousarray(image))
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+        return img.float().div_(255.0), torch.from_numpy(np.ascontiguousarray(mask))
+
+    def _finish_init(self) -> None:
+        """Decide on caching once ``items`` is known, and fill the cache if chosen."""
+        if not self.items:
+            return
+        cache = self._cache_flag
+        if cache is None:
+            image, _ = self._resized(*self._decode(0))
+            cache = image.nbytes * 1.2 * len(self.items) <= self._cache_bytes  # masks are smaller
+        if cache:
+            self._cache = [self._resized(*self._decode(i)) for i in range(len(self.items))]
+            log.debug("%s: %d samples decoded into memory", type(self).__name__, len(self.items))
+
+    def _resized(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.resize is None or image.shape[:2] == self.resize:
+            return image, mask
+        h, w = self.resize
+        img = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        # nearest-neighbour keeps the mask integer and its classes exact
+        msk = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+        return img, msk.astype(np.int64)
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray, item: Item) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"{item.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {item.image} is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height); the mask must match its image: "
+            "regenerate or replace the mask"
+        )
+
+
+def _mask_values(raw: np.ndarray, allowed: dict[int, int], item: Item) -> np.ndarray:
+    """Map raw mask values to class indices; any value outside ``allowed`` is an error naming the file."""
+    found = np.unique(raw)
+    bad = [int(v) for v in found if int(v) not in allowed]
+    if bad:
+        raise DataError(
+            f"{item.mask}: mask values {bad[:10]} are outside the expected set {sorted(allowed)}; "
+            "the file is not a mask of this dataset, or was saved lossily (e.g. as JPEG): use the original mask"
+        )
+    lut = np.zeros(256, dtype=np.int64)
+    for raw_value, cls in allowed.items():
+        lut[raw_value] = cls
+    return lut[raw]
+
+
+def _numeric_key(path: Path) -> tuple[int, str]:
+    m = re.search(r"(\d+)$", path.stem)
+    return (int(m.group(1)) if m else -1, path.stem)
+
+
+# -- ISBI 2012 --------------------------------------------------------------------------------------
+class ISBI2012Dataset(SegmentationDataset):
+    """ISBI 2012 EM segmentation challenge (Drosophila VNC serial-section TEM), 1 channel, 2 classes.
+
+    The foreground class (1) is the membrane, which the challenge's label files mark with 0; cell
+    interior (255 in the files) is class 0. Reads either layout:
+
+    - PNG slice folders: ``train/image/{i}.png``, ``train/label/{i}.png``, ``test/{i}.png``;
+    - the challenge's stacks: ``train-volume.tif``, ``train-labels.tif``, ``test-volume.tif``.
+
+    Slices are ordered by their number (neighbours in the volume are neighbours here): split them in
+    contiguous blocks (:func:`zoo.data.splits.block_kfold`). The whole set is decoded into memory.
+
+    Args:
+        root: the folder holding either layout.
+        split: "train" (images with labels) or "test" (images only; masks are all -1 = unlabelled).
+    """
+
+    in_channels = 1
+    num_classes = 2
+    class_names = ("cell", "membrane")
+    LABEL_VALUES = {0: 1, 255: 0}  # file value -> class: membrane (0 in the files) is the foreground
+
+    def __init__(self, root: str | Path, *, split: str = "train", resize: tuple[int, int] | None = None) -> None:
+        super().__init__(resize=resize, cache=True)
+        if split not in ("train", "test"):
+            raise ValueError(f"split={split!r} is not one of 'train', 'test'")
+        self.root = Path(root)
+        self.split = split
+        self.layout = detect_layout(self.root)
+        if self.layout not in ("isbi2012-png", "isbi2012-tif"):
+            raise DataError(
+                f"{self.root}: not an ISBI 2012 folder (found layout {self.layout!r}); expected "
+                "train/image/*.png + train/label/*.png, or train-volume.tif + train-labels.tif"
+            )
+        self._images: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        if self.layout == "isbi2012-png":
+            self._read_png()
+        else:
+            self._read_tif()
+        self._finish_init()
+
+    def _read_png(self) -> None:
+        if self.split == "train":
+            image_dir, label_dir = self.root / "train" / "image", self.root / "train" / "label"
+        else:
+            image_dir, label_dir = self.root / "test", None
+        images = sorted(image_dir.glob("*.png"), key=_numeric_key)
+        if not images:
+            raise DataError(f"{image_dir}: no PNG slices found; expected files named 0.png, 1.png, ...")
+        for path in images:
+            label = None if label_dir is None else label_dir / path.name
+            item = Item(path.stem, path.stem, str(path), None if label is None else str(label))
+            if label is not None and not label.is_file():
+                raise DataError(f"{label}: label missing for slice {path}; every training slice needs one")
+            self._add(item, read_image(path, mode="L"), None if label is None else read_image(label))
+
+    def _read_tif(self) -> None:
+        if self.split == "train":
+            vol_path, lab_path = self.root / "train-volume.tif", self.root / "train-labels.tif"
+        else:
+            vol_path, lab_path = self.root / "test-volume.tif", None
+        volume = read_stack(vol_path)
+        labels = None if lab_path is None else read_stack(lab_path)
+        if labels is not None and labels.shape != volume.shape:
+            raise DataError(
+                f"{lab_path}: label stack is {labels.shape} (slices, H, W) but {vol_path} is {volume.shape}; "
+                "the two stacks must have the same slices and size"
+            )
+        for i in range(volume.shape[0]):
+            item = Item(str(i), str(i), f"{vol_path}[page {i}]", None if lab_path is None else f"{lab_path}[page {i}]")
+            self._add(item, volume[i], None if labels is None else labels[i])
+
+    def _add(self, item: Item, image: np.ndarray, label: np.ndarray | None) -> None:
+        if label is None:
+            mask = np.full(image.shape[:2], -1, dtype=np.int64)
+        else:
+            _check_pair(image, label, item)
+            mask = _mask_values(label, self.LABEL_VALUES, item)
+        self.items.append(item)
+        self._images.append(image)
+        self._masks.append(mask)
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._images[index], self._masks[index]
+
+
+# -- Carvana ----------------------------------------------------------------------------------------
+_CARVANA_NAME = re.compile(r"^(?P<car>[0-9a-f]+)_(?P<angle>\d{2})$")
+
+
+class CarvanaDataset(SegmentationDataset):
+    """Carvana Image Masking Challenge, Kaggle layout: ``train/<car>_<NN>.jpg`` and
+    ``train_masks/<car>_<NN>_mask.gif``. RGB input, 2 classes (1 = car); masks stored as {0, 1} or
+    {0, 255}; any resolution. Group = car id: split by car, never by image (the 16 angles of one car
+    are near-duplicates).
+
+    Args:
+        root: folder holding ``train/`` and ``train_masks/``.
+        resize: decode to ``(H, W)`` (image bilinear, mask nearest); None keeps the stored size.
+        cars: keep only these car ids.
+        cache: keep decoded samples in memory; None decides by size (``cache_bytes``).
+    """
+
+    in_channels = 3
+    num_classes = 2
+    class_names = ("background", "car")
+    MASK_VALUES = {0: 0, 1: 1, 255: 1}
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        resize: tuple[int, int] | None = None,
+        cars: Sequence[str] | None = None,
+        cache: bool | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        super().__init__(resize=resize, cache=cache, cache_bytes=cache_bytes)
+        self.root = Path(root)
+        image_dir, mask_dir = self.root / "train", self.root / "train_masks"
+        if not image_dir.is_dir() or not mask_dir.is_dir():
+            raise DataError(
+                f"{self.root}: not a Carvana folder; expected train/<car>_<NN>.jpg and "
+                "train_masks/<car>_<NN>_mask.gif (the Kaggle layout)"
+            )
+        keep = set(cars) if cars is not None else None
+        for path in sorted(image_dir.glob("*.jpg")):
+            m = _CARVANA_NAME.match(path.stem)
+            if m is None:
+                raise DataError(f"{path}: name does not follow <car id>_<NN>.jpg; rename it or remove it")
+            if keep is not None and m["car"] not in keep:
+                continue
+            mask = mask_dir / f"{path.stem}_mask.gif"
+            if not mask.is_file():
+                raise DataError(f"{mask}: mask missing for image {path}; every image needs its _mask.gif")
+            self.items.append(Item(path.stem, m["car"], str(path), str(mask)))
+        if not self.items:
+            raise DataError(f"{image_dir}: no images found" + (f" for cars {sorted(keep)}" if keep else ""))
+        self._finish_init()
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        item = self.items[index]
+        image = read_image(item.image, mode="RGB")
+        assert item.mask is not None
+        raw = read_image(item.mask)
+        _check_pair(image, raw, item)
+        return image, _mask_values(raw, self.MASK_VALUES, item)
+
+
+# -- a user's folder ----------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+
+
+class FolderDataset(SegmentationDataset):
+    """Images in one folder, masks in another, matched by a naming rule; no code needed for a new dataset.
+
+    Args:
+        images: folder of images (PNG, JPEG, TIFF, GIF, BMP).
+        masks: folder of masks; each holds class indices (0..num_classes-1), or 0/255 for two classes.
+        mask_name: how a mask is named from its image's stem, e.g. ``"{stem}_mask.png"`` or ``"{stem}.png"``.
+        num_classes: number of classes in the masks.
+        channels: 1 (gray) or 3 (RGB): images are converted to it.
+        group_pattern: a regular expression whose first group, matched on the stem, names the group that
+            must stay on one side of a split (e.g. ``r"^(\\w+?)_\\d+$"`` for ``patient_slice``); None: each
+            image is its own group.
+    """
+
+    def __init__(
+        self,
+        images: str | Path,
+        masks: str | Path,
+        *,
+        mask_name: str = "{stem}.png",
+        num_classes: int = 2,
+        channels: int = 3,
+        group_pattern: str | None = None,
+        resize: tuple[int, int] | None = None,
+        cache: bool | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        super().__init__(resize=resize, cache=cache, cache_bytes=cache_bytes)
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels} must be 1 or 3")
+        if "{stem}" not in mask_name:
+            raise ValueError(f"mask_name={mask_name!r} must contain '{{stem}}', e.g. '{{stem}}_mask.png'")
+        self.in_channels, self.num_classes = channels, num_classes
+        self.class_names = tuple(f"class{i}" for i in range(num_classes))
+        self._values = {i: i for i in range(num_classes)}
+        if num_classes == 2:
+            self._values[255] = 1
+        image_dir, mask_dir = Path(images), Path(masks)
+        for d in (image_dir, mask_dir):
+            if not d.is_dir():
+                raise DataError(f"{d}: folder not found")
+        rx = re.compile(group_pattern) if group_pattern else None
+        for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            mask = mask_dir / mask_name.format(stem=path.stem)
+            if not mask.is_file():
+                raise DataError(f"{mask}: mask missing for image {path} (mask_name={mask_name!r})")
+            group = path.stem
+            if rx is not None:
+                m = rx.search(path.stem)
+                if m is None or not m.groups():
+                    raise DataError(f"{path}: group_pattern {group_pattern!r} does not match its name")
+                group = m.group(1)
+            self.items.append(Item(path.stem, group, str(path), str(mask)))
+        if not self.items:
+            raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        self._finish_init()
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        item = self.items[index]
+        image = read_image(item.image, mode="L" if self.in_channels == 1 else "RGB")
+        assert item.mask is not None
+        raw = read_image(item.mask)
+        if raw.ndim == 3:
+            raise DataError(f"{item.mask}: mask has colour channels; save masks as single-channel class indices")
+        _check_pair(image, raw, item)
+        return image, _mask_values(raw, self._values, item)
+
+
+# -- layout detection ----------------------------------------------------------------------------------
+_LAYOUTS: list[tuple[str, Callable[[Path], bool]]] = [
+    ("isbi2012-png", lambda r: (r / "train" / "image").is_dir() and (r / "train" / "label").is_dir()),
+    ("isbi2012-tif", lambda r: (r / "train-volume.tif").is_file()),
+    ("carvana", lambda r: (r / "train").is_dir() and (r / "train_masks").is_dir()),
+]
+
+
+def detect_layout(root: str | Path) -> str | None:
+    """Name of the on-disk layout at ``root`` ("isbi2012-png", "isbi2012-tif", "carvana"), or None.
+
+    Decided from which files exist, never by trying to load.
+    """
+    r = Path(root)
+    return next((name for name, test in _LAYOUTS if test(r)), None)

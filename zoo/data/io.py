@@ -1,0 +1,109 @@
+"""Reading and writing images, masks and multi-page TIFF stacks, with errors that name the file.
+
+Pillow does the decoding (it ships with torchvision); every failure becomes a :class:`DataError` that
+says which file, what is wrong with it, and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+__all__ = ["DataError", "read_image", "read_stack", "write_image", "write_stack"]
+
+
+class DataError(ValueError):
+    """A data file or folder that cannot be used as it is; the message names the file and the fix."""
+
+
+def read_image(path: str | Path, *, mode: str | None = None) -> np.ndarray:
+    """Decode one image to a uint8 array, ``(H, W)`` for gray or palette, ``(H, W, 3)`` for colour.
+
+    Args:
+        path: PNG, JPEG, GIF or single-page TIFF.
+        mode: convert to this Pillow mode ("L", "RGB"); None keeps gray/palette as indices, colour as RGB.
+
+    Raises:
+        DataError: missing, unreadable, truncated or corrupted file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; check the path or re-download the dataset")
+    try:
+        with Image.open(p) as im:
+            im.load()  # force the full decode now: truncation shows here, not later
+            if mode is not None:
+                im = im.convert(mode)
+            elif im.mode not in ("L", "P", "RGB", "I;16", "1"):
+                im = im.convert("RGB")
+            arr = np.array(im)  # a writable copy (torch.from_numpy needs one)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(
+            f"{p}: cannot decode image ({err}); the file is corrupted or truncated: replace it with a good "
+            "copy (re-download or re-extract the dataset)"
+        ) from err
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise DataError(f"{p}: expected 8-bit pixels, got {arr.dtype}; convert the image to 8-bit")
+    return arr
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Decode a multi-page TIFF (e.g. the ISBI challenge's ``train-volume.tif``) to ``(N, H, W)`` uint8.
+
+    Raises:
+        DataError: missing, unreadable or truncated file, or pages of different sizes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; check the path or re-download the dataset")
+    pages: list[np.ndarray] = []
+    try:
+        with Image.open(p) as im:
+            for page in ImageSequence.Iterator(im):
+                page.load()
+                pages.append(np.asarray(page.convert("L") if page.mode not in ("L", "P") else page).copy())
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(
+            f"{p}: cannot decode TIFF stack after {len(pages)} page(s) ({err}); the file is corrupted or "
+            "truncated: replace it with a good copy"
+        ) from err
+    if not pages:
+        raise DataError(f"{p}: the TIFF stack has no pages")
+    shapes = {a.shape for a in pages}
+    if len(shapes) > 1:
+        raise DataError(f"{p}: pages differ in size {sorted(shapes)}; a stack needs equal-sized slices")
+    return np.stack(pages)
+
+
+def write_image(path: str | Path, array: np.ndarray, *, palette_mask: bool = False, quality: int = 95) -> None:
+    """Write a uint8 array; the format follows the suffix. ``palette_mask`` writes a palette GIF/PNG
+    whose pixel values are the array's values (Carvana's mask format)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if palette_mask:
+        a = np.ascontiguousarray(array, dtype=np.uint8)
+        im = Image.frombytes("P", (a.shape[1], a.shape[0]), a.tobytes())
+        # identity palette: index i is gray i, so reading the indices gives the values back
+        im.putpalette([v for i in range(256) for v in (i, i, i)])
+        im.save(p)
+        return
+    im = Image.fromarray(array)
+    if p.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(p, quality=quality)
+    else:
+        im.save(p)
+
+
+def write_stack(path: str | Path, slices: Sequence[np.ndarray] | np.ndarray) -> None:
+    """Write 2-D uint8 slices as one multi-page TIFF (the ISBI challenge's distribution format)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(np.asarray(s, dtype=np.uint8)) for s in slices]
+    if not images:
+        raise ValueError("write_stack needs at least one slice")
+    images[0].save(p, save_all=True, append_images=images[1:], compression="raw")
