@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from zoo.data.synthetic import write_car_twin, write_em_twin
+
+from .helpers import real_data_root
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -41,3 +46,24 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 def _seeded() -> Iterator[None]:
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real data folder; tests that use it skip cleanly where it is absent."""
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real data not found at ../shared/data (set UNET_ZOO_DATA to its path)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def em_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic ISBI twin (6 labelled slices of 128 px), shared by the tests."""
+    return write_em_twin(tmp_path_factory.mktemp("em"), count=6, seed=3, size=128)
+
+
+@pytest.fixture(scope="session")
+def car_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic Carvana twin (3 cars, 40 images of 96x144)."""
+    return write_car_twin(tmp_path_factory.mktemp("car"), count=40, seed=5, height=96, width=144)

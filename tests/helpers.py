@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from zoo.models.base import SegmentationModel
@@ -20,3 +22,10 @@ def tiny_model(name: str, in_channels: int = 1, num_classes: int = 2, **override
 def small_size(model: SegmentationModel, target: int = 64) -> int:
     """A small input side the model accepts."""
     return model.nearest_valid_input_size(max(target, model.min_input_size))
+
+
+def real_data_root() -> Path | None:
+    """``../shared/data`` beside the repository (or $UNET_ZOO_DATA), if present."""
+    env = os.environ.get("UNET_ZOO_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return root if root.is_dir() else None

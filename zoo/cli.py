@@ -77,6 +77,37 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from zoo.data.verify import verify_dataset
+
+    report = verify_dataset(args.path, dataset=args.dataset, checksums=args.checksums)
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    print(f"{report.root}: {report.dataset} ({report.layout}): {counts}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    for path, message in report.problems:
+        print(f"  PROBLEM {path}: {message}")
+    print(f"{len(report.problems)} problem(s)" if report.problems else "OK: no problems")
+    return 1 if report.problems else 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from zoo.data.synthetic import write_car_twin, write_em_twin
+
+    if args.name == "isbi2012":
+        root = write_em_twin(args.out, count=args.count or 30, seed=args.seed, size=args.size or 512)
+    else:
+        size = args.size or 480
+        root = write_car_twin(
+            args.out, count=args.count or 96, seed=args.seed, height=size * 2 // 3, width=size
+        )
+    print(
+        f"wrote a synthetic {args.name} twin to {root} (seed {args.seed}); check it with "
+        f"`unet-zoo data verify {root}`"
+    )
+    return 0
+
+
 def _size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as ISBI)")
     p.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
@@ -100,6 +131,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     _size_options(p)
     p.set_defaults(func=_cmd_info)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("verify", help="check a dataset folder against its card; exit 1 on any problem")
+    p.add_argument("path")
+    p.add_argument("--dataset", choices=["isbi2012", "carvana"], help="default: detected from the layout")
+    p.add_argument(
+        "--checksums",
+        action="store_true",
+        help="also compare files with the published checksums on record (real data only)",
+    )
+    p.set_defaults(func=_cmd_data_verify)
+    p = data.add_parser("synth", help="write a synthetic twin in the real on-disk format")
+    p.add_argument("name", choices=["isbi2012", "carvana"])
+    p.add_argument("out")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="isbi2012: labelled slices (and as many test slices), default 30; carvana: images, "
+        "16 views per car, default 96",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="isbi2012: slice side (default 512); carvana: image width, height 2/3 of it (default 480)",
+    )
+    p.set_defaults(func=_cmd_data_synth)
     return parser
 
 
@@ -107,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UnknownModelError, ValueError, TypeError) as err:
+    except (UnknownModelError, ValueError, TypeError, OSError) as err:
         print(f"unet-zoo: error: {err}", file=sys.stderr)
         return 2
 

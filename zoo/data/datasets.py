@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from zoo.data.io import DataError, read_image, read_stack
+from zoo.data.weightmap import unet_weight_map
 
 __all__ = [
     "CarvanaDataset",
@@ -58,8 +60,13 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     num_classes: int = 2
     class_names: tuple[str, ...] = ("background", "foreground")
 
-    def __init__(self, *, resize: tuple[int, int] | None = None, cache: bool | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        resize: tuple[int, int] | None = None,
+        cache: bool | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.items: list[Item] = []
         self.resize = resize
         self._cache_flag = cache
@@ -111,9 +118,9 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.resize is None or image.shape[:2] == self.resize:
             return image, mask
         h, w = self.resize
-        img = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        img = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
         # nearest-neighbour keeps the mask integer and its classes exact
-        msk = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+        msk = np.array(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
         return img, msk.astype(np.int64)
 
 
@@ -133,7 +140,8 @@ def _mask_values(raw: np.ndarray, allowed: dict[int, int], item: Item) -> np.nda
     if bad:
         raise DataError(
             f"{item.mask}: mask values {bad[:10]} are outside the expected set {sorted(allowed)}; "
-            "the file is not a mask of this dataset, or was saved lossily (e.g. as JPEG): use the original mask"
+            "the file is not a mask of this dataset, or was saved lossily (e.g. as JPEG): "
+            "use the original mask"
         )
     lut = np.zeros(256, dtype=np.int64)
     for raw_value, cls in allowed.items():
@@ -162,14 +170,26 @@ class ISBI2012Dataset(SegmentationDataset):
     Args:
         root: the folder holding either layout.
         split: "train" (images with labels) or "test" (images only; masks are all -1 = unlabelled).
+        weight_map: also return the paper's loss-weight map (w0 = 10, sigma = 5 px) as a third element,
+            ``(H, W)`` float32, computed once per slice (:func:`zoo.data.weightmap.unet_weight_map`).
     """
 
     in_channels = 1
     num_classes = 2
     class_names = ("cell", "membrane")
-    LABEL_VALUES = {0: 1, 255: 0}  # file value -> class: membrane (0 in the files) is the foreground
+    LABEL_VALUES: ClassVar[dict[int, int]] = {
+        0: 1,
+        255: 0,
+    }  # file value -> class: membrane (0 in the files) is the foreground
 
-    def __init__(self, root: str | Path, *, split: str = "train", resize: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        split: str = "train",
+        resize: tuple[int, int] | None = None,
+        weight_map: bool = False,
+    ) -> None:
         super().__init__(resize=resize, cache=True)
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r} is not one of 'train', 'test'")
@@ -188,6 +208,18 @@ class ISBI2012Dataset(SegmentationDataset):
         else:
             self._read_tif()
         self._finish_init()
+        self.weights: list[np.ndarray] | None = None
+        if weight_map:
+            if split != "train":
+                raise ValueError("weight_map=True needs labels: use split='train'")
+            # cells (class 0) are the objects; the membrane between two of them gets the weight
+            self.weights = [unet_weight_map(self.arrays(i)[1], object_class=0) for i in range(len(self))]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        image, mask = super().__getitem__(index)
+        if self.weights is None:
+            return image, mask
+        return image, mask, torch.from_numpy(self.weights[index])
 
     def _read_png(self) -> None:
         if self.split == "train":
@@ -217,7 +249,9 @@ class ISBI2012Dataset(SegmentationDataset):
                 "the two stacks must have the same slices and size"
             )
         for i in range(volume.shape[0]):
-            item = Item(str(i), str(i), f"{vol_path}[page {i}]", None if lab_path is None else f"{lab_path}[page {i}]")
+            item = Item(
+                str(i), str(i), f"{vol_path}[page {i}]", None if lab_path is None else f"{lab_path}[page {i}]"
+            )
             self._add(item, volume[i], None if labels is None else labels[i])
 
     def _add(self, item: Item, image: np.ndarray, label: np.ndarray | None) -> None:
@@ -254,7 +288,7 @@ class CarvanaDataset(SegmentationDataset):
     in_channels = 3
     num_classes = 2
     class_names = ("background", "car")
-    MASK_VALUES = {0: 0, 1: 1, 255: 1}
+    MASK_VALUES: ClassVar[dict[int, int]] = {0: 0, 1: 1, 255: 1}
 
     def __init__(
         self,
@@ -364,7 +398,9 @@ class FolderDataset(SegmentationDataset):
         assert item.mask is not None
         raw = read_image(item.mask)
         if raw.ndim == 3:
-            raise DataError(f"{item.mask}: mask has colour channels; save masks as single-channel class indices")
+            raise DataError(
+                f"{item.mask}: mask has colour channels; save masks as single-channel class indices"
+            )
         _check_pair(image, raw, item)
         return image, _mask_values(raw, self._values, item)
 

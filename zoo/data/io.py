@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence
 
 __all__ = ["DataError", "read_image", "read_stack", "write_image", "write_stack"]
 
@@ -33,14 +33,15 @@ def read_image(path: str | Path, *, mode: str | None = None) -> np.ndarray:
     if not p.is_file():
         raise DataError(f"{p}: file not found; check the path or re-download the dataset")
     try:
-        with Image.open(p) as im:
-            im.load()  # force the full decode now: truncation shows here, not later
+        with Image.open(p) as opened:
+            opened.load()  # force the full decode now: truncation shows here, not later
+            im: Image.Image = opened
             if mode is not None:
                 im = im.convert(mode)
             elif im.mode not in ("L", "P", "RGB", "I;16", "1"):
                 im = im.convert("RGB")
             arr = np.array(im)  # a writable copy (torch.from_numpy needs one)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
         raise DataError(
             f"{p}: cannot decode image ({err}); the file is corrupted or truncated: replace it with a good "
             "copy (re-download or re-extract the dataset)"
@@ -67,7 +68,7 @@ def read_stack(path: str | Path) -> np.ndarray:
             for page in ImageSequence.Iterator(im):
                 page.load()
                 pages.append(np.asarray(page.convert("L") if page.mode not in ("L", "P") else page).copy())
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
         raise DataError(
             f"{p}: cannot decode TIFF stack after {len(pages)} page(s) ({err}); the file is corrupted or "
             "truncated: replace it with a good copy"
@@ -80,7 +81,9 @@ def read_stack(path: str | Path) -> np.ndarray:
     return np.stack(pages)
 
 
-def write_image(path: str | Path, array: np.ndarray, *, palette_mask: bool = False, quality: int = 95) -> None:
+def write_image(
+    path: str | Path, array: np.ndarray, *, palette_mask: bool = False, quality: int = 95
+) -> None:
     """Write a uint8 array; the format follows the suffix. ``palette_mask`` writes a palette GIF/PNG
     whose pixel values are the array's values (Carvana's mask format)."""
     p = Path(path)
@@ -90,7 +93,7 @@ def write_image(path: str | Path, array: np.ndarray, *, palette_mask: bool = Fal
         im = Image.frombytes("P", (a.shape[1], a.shape[0]), a.tobytes())
         # identity palette: index i is gray i, so reading the indices gives the values back
         im.putpalette([v for i in range(256) for v in (i, i, i)])
-        im.save(p)
+        im.save(p, optimize=False)  # an optimised palette would renumber the indices, i.e. the classes
         return
     im = Image.fromarray(array)
     if p.suffix.lower() in (".jpg", ".jpeg"):

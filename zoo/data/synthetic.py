@@ -14,6 +14,7 @@ and a floor shadow that is not car.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from scipy.spatial import cKDTree
 
 from zoo.data.io import write_image
 
-__all__ = ["car_scene", "em_volume", "write_car_twin", "write_em_twin"]
+__all__ = ["Car", "car_scene", "em_volume", "write_car_twin", "write_em_twin"]
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -37,19 +38,20 @@ def em_volume(n_slices: int, *, size: int = 512, seed: int = 0) -> tuple[np.ndar
     """A stack of EM-like slices and their labels: ``(N, size, size)`` uint8 each; labels 0 = membrane,
     255 = cell interior (the ISBI convention). Consecutive slices are neighbours in one volume."""
     rng = np.random.default_rng(seed)
-    scale = size / 512
-    n_cells = int(rng.integers(70, 120) * scale * scale) + 4
+    # structures keep their size in pixels at any slice size (a smaller slice is a smaller field of view)
+    density = (size / 512) ** 2
+    n_cells = int(rng.integers(70, 120) * density) + 3
     seeds = rng.uniform(0, size, (n_cells, 2))
-    warp_y = _smooth_field(rng, (size, size), 22 * scale)
-    warp_x = _smooth_field(rng, (size, size), 22 * scale)
+    warp_y = _smooth_field(rng, (size, size), 22)
+    warp_x = _smooth_field(rng, (size, size), 22)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     images, labels = [], []
     for _ in range(n_slices):
         # the volume changes slowly from slice to slice: cells drift, the warp evolves
-        seeds = np.clip(seeds + rng.normal(0, 2.5 * scale, seeds.shape), 0, size - 1)
-        warp_y = 0.85 * warp_y + 0.15 * _smooth_field(rng, (size, size), 22 * scale)
-        warp_x = 0.85 * warp_x + 0.15 * _smooth_field(rng, (size, size), 22 * scale)
-        image, label = _em_slice(rng, seeds, yy + 30 * scale * warp_y, xx + 30 * scale * warp_x, size)
+        seeds = np.clip(seeds + rng.normal(0, 2.5, seeds.shape), 0, size - 1)
+        warp_y = 0.85 * warp_y + 0.15 * _smooth_field(rng, (size, size), 22)
+        warp_x = 0.85 * warp_x + 0.15 * _smooth_field(rng, (size, size), 22)
+        image, label = _em_slice(rng, seeds, yy + 30 * warp_y, xx + 30 * warp_x, size)
         images.append(image)
         labels.append(label)
     return np.stack(images), np.stack(labels)
@@ -58,35 +60,34 @@ def em_volume(n_slices: int, *, size: int = 512, seed: int = 0) -> tuple[np.ndar
 def _em_slice(
     rng: np.random.Generator, seeds: np.ndarray, wy: np.ndarray, wx: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    scale = size / 512
+    density = (size / 512) ** 2
     _, cell = cKDTree(seeds).query(np.stack([wy.ravel(), wx.ravel()], 1))
     cell = cell.reshape(size, size)
     edge = np.zeros((size, size), dtype=bool)
     edge[:-1, :] |= cell[:-1, :] != cell[1:, :]
     edge[:, :-1] |= cell[:, :-1] != cell[:, 1:]
     dist = ndimage.distance_transform_edt(~edge)
-    thickness = (1.2 + 1.3 * (_smooth_field(rng, (size, size), 25 * scale) + 1)) * max(scale, 0.5)
+    thickness = 1.2 + 1.3 * (_smooth_field(rng, (size, size), 25) + 1)
     membrane = dist < thickness
 
     # cell interiors: a gray level per cell plus fine texture
-    levels = rng.uniform(0.58, 0.75, seeds.shape[0])
-    texture = sum(
-        a * ndimage.gaussian_filter(rng.standard_normal((size, size)), s * max(scale, 0.5))
-        for a, s in ((0.5, 1.0), (1.2, 3.0), (2.0, 8.0))
-    )
+    levels = rng.uniform(0.58, 0.75, size=int(seeds.shape[0]))
+    texture = np.zeros((size, size))
+    for amplitude, sigma in ((0.5, 1.0), (1.2, 3.0), (2.0, 8.0)):  # grain, blobs, shading
+        texture += amplitude * ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
     img = levels[cell] + 0.05 * texture / texture.std()
     # membranes are dark, but their contrast fades in places (as in real sections)
-    contrast = np.clip(0.75 + 0.5 * _smooth_field(rng, (size, size), 30 * scale), 0.25, 1.0)
+    contrast = np.clip(0.75 + 0.5 * _smooth_field(rng, (size, size), 30), 0.25, 1.0)
     img = np.where(membrane, img - contrast * (img - rng.uniform(0.12, 0.25)), img)
     # organelles: dark blobs inside cells that are not membrane; the hard negatives
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(40, 70) * scale * scale) + 2):
+    for _ in range(int(rng.integers(40, 70) * density) + 2):
         cy, cx = rng.uniform(0, size, 2)
-        ry, rx = rng.uniform(2.5, 14, 2) * max(scale, 0.4)
+        ry, rx = rng.uniform(2.5, 14, 2)
         shade = int(rng.integers(150, 230))
         if rng.random() < 0.35:  # vesicle: a dark ring
-            draw.ellipse([cx - rx, cy - rx, cx + rx, cy + rx], outline=shade, width=max(1, int(1.5 * scale)))
+            draw.ellipse([cx - rx, cy - rx, cx + rx, cy + rx], outline=shade, width=1)
         else:
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=shade)
     blobs = np.asarray(canvas, dtype=np.float64) / 255.0
@@ -117,18 +118,30 @@ _PAINTS = [
 ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Car:
+    """One car's look, shared by its 16 views (sizes are fractions of the image)."""
+
+    length: float
+    floor: float
+    body: float
+    cabin: float
+    paint: int
+    tint: tuple[float, ...]
+
+
 def car_scene(
-    rng: np.random.Generator, angle: int, car: dict[str, float], *, height: int = 320, width: int = 480
+    rng: np.random.Generator, angle: int, car: Car, *, height: int = 320, width: int = 480
 ) -> tuple[np.ndarray, np.ndarray]:
     """One studio photo of a car from view ``angle`` (1..16): RGB uint8 ``(H, W, 3)`` and mask {0, 1}."""
     h, w = height, width
     theta = 2 * math.pi * (angle - 1) / 16
     side = abs(math.sin(theta))  # 1 = side view (long), 0 = front/back view (short)
-    length = w * car["length"] * (0.45 + 0.55 * side)
+    length = w * car.length * (0.45 + 0.55 * side)
     cx = w / 2 + rng.normal(0, 0.02 * w)
-    floor_y = h * car["floor"]
-    body_h = h * car["body"]
-    cabin_h = h * car["cabin"]
+    floor_y = h * car.floor
+    body_h = h * car.body
+    cabin_h = h * car.cabin
     x0, x1 = cx - length / 2, cx + length / 2
     wheel_r = body_h * 0.55
     y_body_bottom = floor_y - wheel_r * 0.6
@@ -147,16 +160,18 @@ def car_scene(
         (cx + lean - cab_w1 / 2, y_body_top - cabin_h),
     ]
     md.polygon(cabin, fill=1)
-    wheel_xs = [x0 + length * 0.2, x1 - length * 0.2] if side > 0.3 else [x0 + length * 0.15, x1 - length * 0.15]
+    wheel_xs = (
+        [x0 + length * 0.2, x1 - length * 0.2] if side > 0.3 else [x0 + length * 0.15, x1 - length * 0.15]
+    )
     for wx in wheel_xs:
         md.ellipse([wx - wheel_r, floor_y - 2 * wheel_r, wx + wheel_r, floor_y], fill=1)
     mask = np.asarray(mask_im, dtype=np.uint8)
 
     # studio: a bright gradient backdrop, a slightly darker floor, a soft shadow under the car
     ys = np.linspace(0, 1, h)[:, None, None]
-    tint = np.array(car["tint"])[None, None, :]
+    tint = np.array(car.tint)[None, None, :]
     backdrop = (0.93 - 0.08 * ys) * tint
-    floor = (ys * h >= floor_y - 0.02 * h)
+    floor = ys * h >= floor_y - 0.02 * h
     img = np.where(floor, backdrop * 0.9, backdrop) * np.ones((h, w, 3))
     shadow = np.zeros((h, w))
     sy, sx = np.mgrid[0:h, 0:w]
@@ -164,7 +179,7 @@ def car_scene(
     shadow = ndimage.gaussian_filter(shadow, 0.02 * w)
     img = img * (1 - 0.55 * shadow[..., None])
 
-    paint = np.array(_PAINTS[int(car["paint"])]) / 255.0
+    paint = np.array(_PAINTS[car.paint]) / 255.0
     shade = 0.85 + 0.25 * (1 - (sy - y_body_top) / max(body_h + cabin_h, 1))  # lit from above
     body_rgb = np.clip(paint[None, None, :] * shade[..., None], 0, 1)
     img = np.where(mask[..., None] == 1, body_rgb, img)
@@ -196,7 +211,9 @@ def car_scene(
     if depth > 0:
         mirrored = img[fy - depth : fy][::-1]
         car_above = mask[fy - depth : fy][::-1, :, None].astype(bool)
-        img[fy : fy + depth] = np.where(car_above, 0.8 * img[fy : fy + depth] + 0.2 * mirrored, img[fy : fy + depth])
+        img[fy : fy + depth] = np.where(
+            car_above, 0.8 * img[fy : fy + depth] + 0.2 * mirrored, img[fy : fy + depth]
+        )
     img[max(fy - 1, 0) : fy + 1] *= 0.93  # where wall meets floor
     img = ndimage.gaussian_filter(img, (0.8, 0.8, 0))
     img = img + rng.normal(0, 0.015, img.shape)
@@ -213,14 +230,14 @@ def write_car_twin(
     written = 0
     for _ in range(n_cars):
         car_id = "".join(rng.choice(list("0123456789abcdef"), 12))
-        car = {
-            "length": rng.uniform(0.72, 0.9),
-            "floor": rng.uniform(0.8, 0.88),
-            "body": rng.uniform(0.2, 0.26),
-            "cabin": rng.uniform(0.13, 0.18),
-            "paint": float(rng.integers(len(_PAINTS))),
-            "tint": tuple(rng.uniform(0.94, 1.0, 3)),
-        }
+        car = Car(
+            length=rng.uniform(0.72, 0.9),
+            floor=rng.uniform(0.8, 0.88),
+            body=rng.uniform(0.2, 0.26),
+            cabin=rng.uniform(0.13, 0.18),
+            paint=int(rng.integers(len(_PAINTS))),
+            tint=tuple(rng.uniform(0.94, 1.0, 3).tolist()),
+        )
         for angle in range(1, 17):
             if written == count:
                 break

@@ -1,0 +1,159 @@
+"""The paper's augmentation, on batched tensors, on whatever device the batch is on.
+
+Ronneberger et al. 2015 (section 3.1): shift and rotation invariance, robustness to deformations and
+gray-value variations; "random elastic deformations ... random displacement vectors on a coarse 3 by 3
+grid ... sampled from a Gaussian distribution with 10 pixels standard deviation. Per-pixel
+displacements are then computed using bicubic interpolation."
+
+All geometric changes of one sample (flip, rotation, scale, shift, elastic field) are folded into one
+sampling grid, drawn once and applied to the image (bilinear), the mask (nearest: classes stay exact
+integers) and the optional loss-weight map (bilinear), so they stay aligned. Borders are filled by
+reflection, as the paper's mirror padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AugmentConfig", "augment_batch"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random changes; each sample draws its own values.
+
+    Attributes:
+        elastic_sigma: standard deviation (pixels) of the coarse-grid displacements; 0 disables (paper: 10).
+        elastic_grid: points per side of the coarse displacement grid (paper: 3).
+        rotation: maximum rotation in degrees (uniform in [-rotation, rotation]).
+        scale: maximum relative zoom (uniform in [1 - scale, 1 + scale]).
+        shift: maximum shift as a fraction of the size.
+        hflip, vflip: random horizontal / vertical flips.
+        brightness, contrast, gamma: gray-value changes (additive, multiplicative around the mean, and
+            a power law with exponent exp(U(-gamma, gamma))).
+    """
+
+    elastic_sigma: float = 10.0
+    elastic_grid: int = 3
+    rotation: float = 180.0
+    scale: float = 0.1
+    shift: float = 0.05
+    hflip: bool = True
+    vflip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+
+    def as_params(self) -> dict[str, str]:
+        return {f"aug_{k}": str(v) for k, v in asdict(self).items()}
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64) * (high - low) + low
+
+
+def sampling_grid(
+    batch: int,
+    height: int,
+    width: int,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Tensor:
+    """One random sampling grid per sample, ``(B, H, W, 2)`` in normalised coordinates for grid_sample.
+
+    Random numbers are drawn on the CPU from ``generator`` (a few per sample), so a seed gives the same
+    augmentation on every device.
+    """
+    g = generator
+    angle = _uniform(batch, -config.rotation, config.rotation, g) * math.pi / 180
+    zoom = _uniform(batch, 1 - config.scale, 1 + config.scale, g)
+    sx = (
+        torch.where(torch.rand(batch, generator=g) < 0.5, -1.0, 1.0).double()
+        if config.hflip
+        else torch.ones(batch).double()
+    )
+    sy = (
+        torch.where(torch.rand(batch, generator=g) < 0.5, -1.0, 1.0).double()
+        if config.vflip
+        else torch.ones(batch).double()
+    )
+    shift = _uniform(2 * batch, -config.shift, config.shift, g).view(batch, 2) * 2  # normalised units
+    # the linear part acts in pixel space (so rotation does not shear non-square images):
+    # A = D^-1 R Z F D with D = diag(W/2, H/2); output coordinates map to input coordinates
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = cos * sx / zoom
+    theta[:, 0, 1] = -sin * sy / zoom * (height / width)
+    theta[:, 1, 0] = sin * sx / zoom * (width / height)
+    theta[:, 1, 1] = cos * sy / zoom
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.float(), [batch, 1, height, width], align_corners=False).to(device)
+    if config.elastic_sigma > 0:
+        n = config.elastic_grid
+        coarse = torch.randn(batch, 2, n, n, generator=g) * config.elastic_sigma
+        field = F.interpolate(coarse.to(device), size=(height, width), mode="bicubic", align_corners=True)
+        # pixels -> normalised units (x along width, y along height)
+        field = field * torch.tensor([2.0 / width, 2.0 / height], device=device).view(1, 2, 1, 1)
+        grid = grid + field.permute(0, 2, 3, 1)
+    return grid
+
+
+def augment_batch(
+    images: Tensor,
+    masks: Tensor,
+    weights: Tensor | None = None,
+    *,
+    config: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Augment a batch: images ``(B, C, H, W)`` float in [0, 1], masks ``(B, H, W)`` int64, optional
+    weights ``(B, H, W)`` float. Returns tensors of the same shapes, dtypes and device."""
+    cfg = config or AugmentConfig()
+    gen = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
+    if images.dim() != 4 or masks.dim() != 3 or masks.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            "expected images (B, C, H, W) and masks (B, H, W) of the same B, H, W; got "
+            f"{tuple(images.shape)} and {tuple(masks.shape)}"
+        )
+    if masks.dtype != torch.int64:
+        raise TypeError(f"masks must be int64 class indices, got {masks.dtype}")
+    b, _, h, w = images.shape
+    grid = sampling_grid(b, h, w, cfg, gen, images.device).to(images.dtype)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # nearest sampling of the class indices: exact integers, no blending between classes
+    m = F.grid_sample(
+        masks.unsqueeze(1).to(images.dtype),
+        grid,
+        mode="nearest",
+        padding_mode="reflection",
+        align_corners=False,
+    )
+    out_masks = m.squeeze(1).round().to(torch.int64)
+    out_weights = None
+    if weights is not None:
+        out_weights = F.grid_sample(
+            weights.unsqueeze(1).to(images.dtype),
+            grid,
+            mode="bilinear",
+            padding_mode="reflection",
+            align_corners=False,
+        ).squeeze(1)
+    out = _gray_values(out, cfg, gen)
+    return out, out_masks, out_weights
+
+
+def _gray_values(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
+    b = x.shape[0]
+    shape = (b, 1, 1, 1)
+    gamma = torch.exp(_uniform(b, -cfg.gamma, cfg.gamma, gen)).view(shape).to(x)
+    contrast = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen).view(shape).to(x)
+    bright = _uniform(b, -cfg.brightness, cfg.brightness, gen).view(shape).to(x)
+    x = x.clamp(0, 1).pow(gamma)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + bright).clamp_(0, 1)
