@@ -225,6 +225,7 @@ def test_missing_partner_and_wrong_folder_fail_clearly(car_twin: Path, tmp_path:
         CarvanaDataset(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own warning about the broken file
 def test_truncated_tiff_stack_names_the_file(em_twin: Path, tmp_path: Path) -> None:
     png = ISBI2012Dataset(em_twin)
     write_stack(tmp_path / "train-volume.tif", [png.arrays(i)[0] for i in range(len(png))])
