@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from zoo.registry import UnknownModelError, list_models, model_info
 
@@ -108,6 +111,107 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word: a string
+
+
+def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} epochs=5")
+        out[key] = _parse_value(value)
+    return out
+
+
+def _print_results(outcomes: Sequence[tuple[str, object]]) -> None:
+    from zoo.harness.train import RunResult
+
+    rows = []
+    for name, outcome in outcomes:
+        if isinstance(outcome, RunResult):
+            m = outcome.metrics
+            rows.append([name, f"{m.get('dice', float('nan')):.4f}", f"{m.get('iou', float('nan')):.4f}",
+                         f"{m.get('pixel_error', float('nan')):.4f}",
+                         f"{m['rand_error']:.4f}" if "rand_error" in m else "-",
+                         f"{m['train_images_per_s']:.2f}", f"{m['infer_images_per_s']:.2f}", outcome.run_id[:8]])
+        else:
+            rows.append([name, "FAILED", "", "", "", "", "", str(outcome)[:60]])
+    header = ["run", "dice", "iou", "pixel_err", "rand_err", "train img/s", "infer img/s", "run id"]
+    print(_table(rows, header, right={1, 2, 3, 4, 5, 6}))
+    print("Dice/IoU: foreground, per image then mean over validation images (best epoch's weights).")
+
+
+def _tracker(args: argparse.Namespace, default_experiment: str) -> object:
+    from zoo.harness.tracking import Tracker
+
+    return Tracker(args.experiment or default_experiment, workdir=args.workdir)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from zoo.harness import load_suite, run_suite
+
+    suite = load_suite(args.suite, models=args.models, datasets=args.datasets, seeds=args.seeds,
+                       data_root=args.data_root, extra=_key_values(args.set, "--set"))
+    source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
+    print(f"suite {suite.name}: {len(suite.runs)} runs on {source}", flush=True)
+    tracker = _tracker(args, f"suite-{suite.name}")
+    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir)  # type: ignore[arg-type]
+    _print_results(outcomes)
+    uri = tracker.uri  # type: ignore[attr-defined]
+    print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")  # type: ignore[attr-defined]
+    print(f"      browse with: mlflow ui --backend-store-uri {uri}")
+    return 1 if any(not hasattr(o, "run_id") for _, o in outcomes) else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zoo.harness.config import TrainConfig
+    from zoo.harness.train import train
+
+    tracker = _tracker(args, "runs")
+    if args.resume:
+        result = train(TrainConfig("unused", "isbi2012"), tracker=tracker, workdir=args.workdir,  # type: ignore[arg-type]
+                       resume=args.resume)
+    else:
+        if not args.model or not args.dataset:
+            raise ValueError("train needs --model and --dataset (or --resume RUN_DIR)")
+        fields = {"model": args.model, "dataset": args.dataset, "data_root": args.data_root,
+                  "overrides": _key_values(args.override, "--override"), **_key_values(args.set, "--set")}
+        result = train(TrainConfig.from_dict(fields), tracker=tracker, workdir=args.workdir)  # type: ignore[arg-type]
+    _print_results([(result.run_dir.name, result)])
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    from zoo.harness.config import TrainConfig
+    from zoo.harness.data import build_data
+    from zoo.harness.evaluate import evaluate
+    from zoo.registry import create_model
+
+    run_dir = Path(args.run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if args.data_root:
+        cfg.data_root = args.data_root
+    data = build_data(cfg, args.workdir)
+    model = create_model(cfg.model, in_channels=data.dataset.in_channels, num_classes=data.dataset.num_classes,
+                         **cfg.overrides)
+    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    metrics = evaluate(model, data.dataset, data.split.val, rand=cfg.dataset == "isbi2012",  # type: ignore[arg-type]
+                       autocast_dtype=torch.bfloat16 if args.bf16 else None)
+    for key, value in metrics.items():
+        print(f"{key:12s} {value:.4f}")
+    print(f"on {len(data.split.val)} validation images of {data.source} ({data.split.detail})")
+    return 0
+
+
 def _size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as ISBI)")
     p.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
@@ -160,11 +264,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="isbi2012: slice side (default 512); carvana: image width, height 2/3 of it (default 480)",
     )
     p.set_defaults(func=_cmd_data_synth)
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-root", default=None,
+                       help="folder holding isbi2012/, carvana512/ ... (e.g. ../shared/data); default: synthetic twins")
+        p.add_argument("--workdir", default="runs", help="run folders, twins and the default MLflow store")
+        p.add_argument("--experiment", default=None, help="MLflow experiment name")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. epochs=3")
+
+    p = sub.add_parser("bench", help="run a benchmark suite (default: the main job)")
+    p.add_argument("--suite", default="default", help="suite name in benchmarks/suites or a .toml path")
+    p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
+    p.add_argument("--datasets", nargs="+", default=None)
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
+    run_options(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("train", help="train one model on one dataset, or resume a killed run")
+    p.add_argument("--model")
+    p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"])
+    p.add_argument("--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    run_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation split")
+    p.add_argument("run_dir")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--workdir", default="runs")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except (UnknownModelError, ValueError, TypeError, OSError) as err:

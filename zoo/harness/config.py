@@ -1,0 +1,120 @@
+"""The typed configuration of one training run; what a suite expands to and what a run records."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DATASETS", "TrainConfig"]
+
+# dataset name -> folder under a data root (the layout of ../shared/data and of a synthetic root)
+DATASETS = {"isbi2012": "isbi2012", "carvana": "carvana", "carvana512": "carvana512"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Field names are also the keys of suite files and CLI flags.
+
+    Attributes:
+        model: registered model name; ``overrides`` are passed to ``create_model``.
+        dataset: "isbi2012", "carvana" (full resolution) or "carvana512".
+        data_root: folder holding the dataset folders (e.g. ``../shared/data``); None: a synthetic twin.
+        seed: drives initialisation, crops, augmentation and dropout (splits use ``split_seed``).
+        epochs: maximum epochs; ``steps_per_epoch`` optimiser steps each (None: one pass over the crops).
+        crop: training crop side; for valid-convolution models the nearest accepted input size is used and
+            the loss is taken on the output window.
+        resize: decode size ``[H, W]`` for Carvana (None keeps the stored size).
+        max_cars: use only this many cars (Carvana), chosen by ``split_seed``; None: all.
+        folds, fold: ISBI contiguous-block validation fold; val_fraction: Carvana held-out cars.
+        max_val_images: score at most this many validation images (None: all).
+        optimizer: "adamw", "adam" or "sgd" (momentum 0.99, as the paper).
+        schedule: "cosine", "constant" or "step" (x0.1 at 2/3 of the epochs); warmup_epochs linear warm-up.
+        loss: "ce", "dice" or "ce+dice"; weight_map: the paper's border weights on the CE term (ISBI).
+        amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
+        channels_last: None = with amp on; compile: ``torch.compile`` the model.
+        accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
+        patience: early stopping after this many epochs without a better validation Dice (None: off).
+        augment: AugmentConfig fields; device: "auto", "cpu", "cuda" or "cuda:N".
+        synthetic: twin generation (count, size) when data_root is None.
+        cost_batch: batch for the inference throughput figure; cost_size: image side for cost figures
+            (None: the training crop).
+    """
+
+    model: str
+    dataset: str
+    data_root: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    split_seed: int = 0
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 4
+    crop: int = 256
+    resize: list[int] | None = None
+    max_cars: int | None = None
+    folds: int = 4
+    fold: int = 3
+    val_fraction: float = 0.2
+    max_val_images: int | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    loss: str = "ce+dice"
+    weight_map: bool = False
+    amp: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    accumulate: int = 1
+    deterministic: bool = False
+    patience: int | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    synthetic: dict[str, int] = field(default_factory=dict)
+    cost_batch: int = 4
+    cost_size: int | None = None
+
+    CHOICES = {
+        "dataset": tuple(DATASETS),
+        "optimizer": ("adamw", "adam", "sgd"),
+        "schedule": ("cosine", "constant", "step"),
+        "loss": ("ce", "dice", "ce+dice"),
+        "amp": ("auto", "bf16", "fp16", "none"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, choices in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        if self.weight_map and self.dataset != "isbi2012":
+            raise ValueError("weight_map=True is the paper's ISBI loss weight; it needs dataset='isbi2012'")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from plain data (a suite entry, a saved config), rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in unknown if (m := difflib.get_close_matches(k, known, 1))]
+            raise TypeError(f"unknown config key(s) {unknown}. {' '.join(hints)} Known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.model}-{self.dataset}-s{self.seed}"

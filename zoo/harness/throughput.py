@@ -1,0 +1,128 @@
+"""Cost figures measured the same way for every model: after warm-up, device synchronised before each
+clock read, with the conditions (device, dtype, memory format, batch, size) stated beside them."""
+
+from __future__ import annotations
+
+import copy
+import re
+import statistics
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo.cost import count_flops, count_parameters
+from zoo.models.base import SegmentationModel
+
+__all__ = ["PeakMemory", "measure_cost"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of a code block: CUDA allocator peak on GPU; on CPU the process's peak resident set
+    (Linux VmHWM, reset first through /proc/self/clear_refs), which includes the interpreter."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass  # not Linux, or not allowed: the figure is then the process's lifetime peak
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        status = Path("/proc/self/status")
+        if status.is_file():
+            m = re.search(r"VmHWM:\s+(\d+)\s+kB", status.read_text())
+            if m:
+                self.peak_mb = int(m.group(1)) / 1024
+
+
+def _timed(fn: object, device: torch.device, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()  # type: ignore[operator]
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_cost(
+    model: SegmentationModel,
+    *,
+    size: int,
+    batch: int,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    warmup: int = 2,
+    iters: int = 5,
+) -> dict[str, float]:
+    """params, GFLOPs (one image), training and inference images/s at ``batch``, batch-1 latency (ms,
+    median) and peak memory (MB) of the training measurement. The model itself is not changed."""
+    device = next(model.parameters()).device
+    size = model.nearest_valid_input_size(size)
+    autocast: AbstractContextManager[object] = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.rand(batch, model.in_channels, size, size, device=device).contiguous(memory_format=fmt)
+    x1 = x[:1].contiguous(memory_format=fmt)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        flops = count_flops(model, (1, model.in_channels, size, size))
+
+        def infer() -> None:
+            with autocast:
+                model(x)
+
+        def infer1() -> None:
+            with autocast:
+                model(x1)
+
+        infer_times = _timed(infer, device, warmup, iters)
+        latency = statistics.median(_timed(infer1, device, warmup, iters))
+    model.train(was_training)
+
+    trainee = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(trainee.parameters(), lr=1e-6)
+    out = trainee.output_size(size)
+    target = torch.randint(0, trainee.num_classes, (batch, out, out), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(trainee(x).float(), target)
+        loss.backward()
+        opt.step()
+
+    with PeakMemory(device) as peak:
+        train_times = _timed(step, device, warmup, iters)
+    del trainee, opt
+    return {
+        "params": float(count_parameters(model)),
+        "gflops": flops / 1e9,
+        "train_images_per_s": batch * len(train_times) / sum(train_times),
+        "infer_images_per_s": batch * len(infer_times) / sum(infer_times),
+        "latency_ms": latency * 1000,
+        "peak_memory_mb": peak.peak_mb,
+    }

@@ -1,0 +1,123 @@
+"""MLflow, the record of every run. The schema (what is logged under which key) is defined here only.
+
+Default store: a SQLite file (embedded; nothing to start): ``sqlite:///<workdir>/mlflow.db`` with
+artifacts in ``<workdir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` points it at a server instead.
+
+Schema, per (model, dataset, seed) run, nested under a parent run per suite:
+- params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
+  resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format;
+- tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
+  ``zoo.kind`` ("suite" or "run");
+- metrics per epoch (step = epoch): ``train_loss``, ``val_dice``, ``val_iou``, ``val_pixel_error``,
+  ``val_rand_error`` (ISBI), ``lr``, ``epoch_seconds``;
+- final metrics: ``dice``, ``iou``, ``pixel_error``, ``rand_error`` (ISBI) of the best epoch's weights
+  on the validation split, ``best_epoch``; cost: ``params``, ``gflops``, ``train_images_per_s``,
+  ``infer_images_per_s``, ``latency_ms``, ``peak_memory_mb``;
+- artifacts: ``weights/best.safetensors``, ``config/config.json``, ``overlays/*.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRIC_KEYS", "Tracker", "default_tracking_uri", "git_state"]
+
+log = logging.getLogger(__name__)
+
+QUALITY_KEYS = ("dice", "iou", "pixel_error", "rand_error")
+COST_KEYS = ("params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb")
+METRIC_KEYS = (*QUALITY_KEYS, *COST_KEYS, "best_epoch")
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(workdir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def git_state(cwd: str | Path | None = None) -> dict[str, str]:
+    """The commit of the working tree and whether it has uncommitted changes ("unknown" outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        return {"git_commit": commit, "git_dirty": str(bool(status.strip()))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+class Tracker:
+    """A thin layer over ``MlflowClient``: explicit run ids, no global active-run state."""
+
+    def __init__(self, experiment: str, *, workdir: str | Path = "runs", tracking_uri: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
+
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri or default_tracking_uri(self.workdir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
+                artifacts = (self.workdir.resolve() / "mlartifacts").as_uri()
+            self.experiment_id = self._create_experiment(experiment, artifacts)
+        else:
+            self.experiment_id = found.experiment_id
+        self.experiment = experiment
+
+    def _create_experiment(self, name: str, artifacts: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.create_experiment(name, artifact_location=artifacts))
+        except MlflowException:  # created meanwhile by a parallel job
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def resume_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        return str(self.client.get_run(run_id).info.status)

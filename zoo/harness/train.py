@@ -1,0 +1,335 @@
+"""The training loop: one readable function from config to a finished, recorded run.
+
+Per epoch: random crops -> batched augmentation on the device -> forward/backward (autocast,
+channels-last) -> optimiser step; then whole-image validation, MLflow metrics, the best weights
+(safetensors) and a checkpoint (atomic write). A killed run resumes from its last checkpoint into the
+same MLflow run and loses only the unfinished epoch: crops, augmentation and dropout are seeded per
+epoch, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from zoo import create_model
+from zoo.data.augment import AugmentConfig, augment_batch
+from zoo.data.loader import RandomCrops, make_loader
+from zoo.harness.config import TrainConfig
+from zoo.harness.data import build_data
+from zoo.harness.evaluate import evaluate, save_overlay
+from zoo.harness.throughput import measure_cost
+from zoo.harness.tracking import Tracker, git_state
+from zoo.machine import describe_machine
+from zoo.models.base import SegmentationModel
+from zoo.tiling import predict_logits
+
+__all__ = ["NonFiniteLossError", "RunResult", "resolve_amp", "resolve_device", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run is marked failed and its last checkpoint kept."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 where the hardware supports it ("auto"), fp16 on CUDA only, or None."""
+    if amp == "none":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device (on CPU use 'bf16' or 'none')")
+        return torch.float16
+    if device.type == "cuda":
+        if amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if amp == "bf16" or supported:
+        return torch.bfloat16
+    return None
+
+
+def _seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _loss(cfg: TrainConfig, logits: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    logits = logits.float()
+    total = logits.new_zeros(())
+    if "ce" in cfg.loss.split("+"):
+        ce = F.cross_entropy(logits, target.clamp(min=0), reduction="none")
+        valid = (target >= 0).float()
+        if weight is not None:
+            ce = ce * weight
+        total = total + (ce * valid).sum() / valid.sum().clamp(min=1)
+    if "dice" in cfg.loss.split("+"):
+        probs = logits.softmax(1)[:, 1:]
+        onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+        valid = (target >= 0).unsqueeze(1).float()
+        inter = (probs * onehot * valid).sum((0, 2, 3))
+        denom = ((probs + onehot) * valid).sum((0, 2, 3))
+        total = total + (1 - (2 * inter + 1) / (denom + 1)).mean()
+    return total
+
+
+def _center(t: Tensor, size: int) -> Tensor:
+    top = (t.shape[-2] - size) // 2
+    left = (t.shape[-1] - size) // 2
+    return t[..., top : top + size, left : left + size]
+
+
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    def factor(epoch: int) -> float:  # stepped once per epoch
+        if epoch < cfg.warmup_epochs:
+            return (epoch + 1) / (cfg.warmup_epochs + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "step":
+            return 0.1 if epoch >= math.ceil(cfg.epochs * 2 / 3) else 1.0
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    # write then rename: a process killed mid-write leaves the previous checkpoint intact
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(model: SegmentationModel, path: Path, metadata: Mapping[str, Any]) -> None:
+    """Weights as safetensors with the model's name, arguments and the given facts as metadata."""
+    meta = {"model_name": model.model_name, "model_args": json.dumps(model.model_args, sort_keys=True)}
+    meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    tracker: Tracker,
+    workdir: str | Path = "runs",
+    parent_run_id: str | None = None,
+    resume: str | Path | None = None,
+    tags: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train and evaluate one (model, dataset, seed) run, recorded in MLflow.
+
+    Args:
+        cfg: the run's configuration (ignored when resuming: the run's saved config is used).
+        tracker: where the run is recorded.
+        workdir: holds run folders (checkpoints, best weights) and synthetic twins.
+        parent_run_id: the suite's parent run.
+        resume: a run folder of a run that was killed; training continues from its last checkpoint.
+    """
+    workdir = Path(workdir)
+    if resume is not None:
+        run_dir = Path(resume)
+        meta_path = run_dir / "run.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not a run folder (no run.json); pass the folder a run created")
+        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        run_id = json.loads(meta_path.read_text())["run_id"]
+        tracker.resume_run(run_id)
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+
+    data = build_data(cfg, workdir)
+    ds, split = data.dataset, data.split
+    model = create_model(cfg.model, in_channels=ds.in_channels, num_classes=ds.num_classes, **cfg.overrides)
+    assert isinstance(model, SegmentationModel)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    crop = model.nearest_valid_input_size(cfg.crop)
+    out_size = model.output_size(crop)
+    opt = _optimizer(cfg, model)
+    sched = _schedule(cfg, opt)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    step_model: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+
+    start_epoch, best, best_epoch, bad_epochs, best_metrics = 0, -1.0, -1, 0, {}
+    if resume is None:
+        run_id = tracker.start_run(cfg.run_name, parent_run_id=parent_run_id,
+                                   tags={"zoo.kind": "run", **(tags or {})})
+        run_dir = workdir / "runs" / tracker.experiment / f"{cfg.run_name}-{run_id[:8]}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "experiment": tracker.experiment}) + "\n")
+        params = {f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in cfg.to_dict().items()}
+        params.update(split.as_params(ds.names))
+        params.update({
+            "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
+            "data_source": data.source, "train_input_size": crop, "train_output_size": out_size,
+            "device": str(device), "dtype": str(amp).removeprefix("torch.") if amp else "float32",
+            "memory_format": "channels_last" if channels_last else "contiguous",
+            "train_images": len(split.train), "val_images": len(split.val),
+        })
+        tracker.log_params(run_id, params)
+        machine = describe_machine(device)
+        tracker.set_tags(run_id, {**git_state(), "torch_version": torch.__version__,
+                                  "cuda_version": str(torch.version.cuda), "device_name": machine["device_name"]})
+        tracker.log_artifact(run_id, run_dir / "config.json", "config")
+    else:
+        ckpt_path = run_dir / "checkpoint.pt"
+        if ckpt_path.is_file():
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # never executes code
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
+            bad_epochs, best_metrics = ckpt["bad_epochs"], ckpt["best_metrics"]
+            log.info("resuming %s at epoch %d", run_id, start_epoch)
+
+    try:
+        micro_batches = (cfg.steps_per_epoch or 0) * cfg.accumulate
+        repeats = max(1, math.ceil(micro_batches * cfg.batch_size / len(split.train))) if micro_batches else 1
+        crops = RandomCrops(ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed)
+        aug = AugmentConfig(**cfg.augment)
+        gen = torch.Generator()
+        is_isbi = cfg.dataset == "isbi2012"
+        stopped_early = False
+        for epoch in tqdm(range(start_epoch, cfg.epochs), desc=cfg.run_name, disable=not progress or None,
+                          initial=start_epoch, total=cfg.epochs, leave=False):
+            t0 = time.perf_counter()
+            crops.set_epoch(epoch)
+            gen.manual_seed(_seed(cfg.seed, epoch))
+            torch.manual_seed(_seed(cfg.seed, epoch))  # dropout
+            loader = make_loader(crops, batch_size=cfg.batch_size, shuffle=True, in_memory=True,
+                                 seed=_seed(cfg.seed, epoch), device=device)
+            model.train()
+            losses: list[float] = []
+            opt.zero_grad(set_to_none=True)
+            for i, batch in enumerate(loader):
+                if micro_batches and i >= micro_batches:
+                    break
+                image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                weight = batch[2].to(device) if len(batch) > 2 else None
+                image, mask, weight = augment_batch(image, mask, weight, config=aug, generator=gen)
+                if channels_last:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                autocast: AbstractContextManager[object] = (
+                    torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+                )
+                with autocast:
+                    logits = step_model(image)
+                target = _center(mask, out_size)
+                loss = _loss(cfg, logits, target, _center(weight, out_size) if weight is not None else None)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"{cfg.run_name}: loss is {loss.item()} at epoch {epoch}, batch {i} (lr "
+                        f"{sched.get_last_lr()[0]:.3g}); the run is marked FAILED and its last checkpoint "
+                        "kept. Lower the learning rate, use amp='none' or 'bf16' instead of fp16, or check "
+                        "the data for NaN."
+                    )
+                scaler.scale(loss / cfg.accumulate).backward()
+                if (i + 1) % cfg.accumulate == 0:
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            lr = sched.get_last_lr()[0]
+            sched.step()
+            val = evaluate(model, ds, split.val, rand=is_isbi, batch_size=cfg.batch_size, autocast_dtype=amp,
+                           channels_last=channels_last, max_images=cfg.max_val_images)
+            metrics = {"train_loss": float(np.mean(losses)), "lr": lr, "epoch_seconds": time.perf_counter() - t0}
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            tracker.log_metrics(run_id, metrics, step=epoch)
+            if val["dice"] > best:
+                best, best_epoch, bad_epochs, best_metrics = val["dice"], epoch, 0, val
+                save_weights(model, run_dir / "best.safetensors",
+                             {"dataset": cfg.dataset, "epoch": epoch, "metrics": val, "run_id": run_id})
+            else:
+                bad_epochs += 1
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                          "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                          "best_metrics": best_metrics}, run_dir / "checkpoint.pt")
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                stopped_early = True
+                log.info("%s: early stop at epoch %d (best %d)", cfg.run_name, epoch, best_epoch)
+                break
+
+        # final figures: the best epoch's weights
+        model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
+        final = {**best_metrics, "best_epoch": float(best_epoch)}
+        cost = measure_cost(model, size=cfg.cost_size or crop, batch=cfg.cost_batch, autocast_dtype=amp,
+                            channels_last=channels_last)
+        tracker.log_metrics(run_id, {**final, **cost}, step=best_epoch)
+        tracker.log_params(run_id, {"cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
+                                    "cost_batch": cfg.cost_batch, "stopped_early": stopped_early})
+        _log_artifacts(tracker, run_id, run_dir, model, ds, split.val, amp, channels_last)
+        tracker.finish(run_id, "FINISHED")
+        return RunResult(run_id, run_dir, {**final, **cost})
+    except KeyboardInterrupt:
+        tracker.finish(run_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+
+
+def _log_artifacts(tracker: Tracker, run_id: str, run_dir: Path, model: SegmentationModel, ds: Any,
+                   val: tuple[int, ...], amp: torch.dtype | None, channels_last: bool) -> None:
+    tracker.log_artifact(run_id, run_dir / "best.safetensors", "weights")
+    for i in val[:2]:
+        image, mask = ds[i][0], ds[i][1]
+        pred = predict_logits(model, image, autocast_dtype=amp, channels_last=channels_last).argmax(1)[0]
+        path = save_overlay(run_dir / "overlays" / f"{ds.names[i]}.png", image, mask == 1, pred == 1)
+        tracker.log_artifact(run_id, path, "overlays")
