@@ -8,8 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zoo.registry import UnknownModelError, list_models, model_info
+
+if TYPE_CHECKING:
+    from zoo.harness.tracking import Tracker
 
 __all__ = ["main"]
 
@@ -129,16 +133,24 @@ def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, object]:
 
 
 def _print_results(outcomes: Sequence[tuple[str, object]]) -> None:
-    from zoo.harness.train import RunResult
+    from zoo.harness.training import RunResult
 
     rows = []
     for name, outcome in outcomes:
         if isinstance(outcome, RunResult):
             m = outcome.metrics
-            rows.append([name, f"{m.get('dice', float('nan')):.4f}", f"{m.get('iou', float('nan')):.4f}",
-                         f"{m.get('pixel_error', float('nan')):.4f}",
-                         f"{m['rand_error']:.4f}" if "rand_error" in m else "-",
-                         f"{m['train_images_per_s']:.2f}", f"{m['infer_images_per_s']:.2f}", outcome.run_id[:8]])
+            rows.append(
+                [
+                    name,
+                    f"{m.get('dice', float('nan')):.4f}",
+                    f"{m.get('iou', float('nan')):.4f}",
+                    f"{m.get('pixel_error', float('nan')):.4f}",
+                    f"{m['rand_error']:.4f}" if "rand_error" in m else "-",
+                    f"{m['train_images_per_s']:.2f}",
+                    f"{m['infer_images_per_s']:.2f}",
+                    outcome.run_id[:8],
+                ]
+            )
         else:
             rows.append([name, "FAILED", "", "", "", "", "", str(outcome)[:60]])
     header = ["run", "dice", "iou", "pixel_err", "rand_err", "train img/s", "infer img/s", "run id"]
@@ -146,7 +158,7 @@ def _print_results(outcomes: Sequence[tuple[str, object]]) -> None:
     print("Dice/IoU: foreground, per image then mean over validation images (best epoch's weights).")
 
 
-def _tracker(args: argparse.Namespace, default_experiment: str) -> object:
+def _tracker(args: argparse.Namespace, default_experiment: str) -> Tracker:
     from zoo.harness.tracking import Tracker
 
     return Tracker(args.experiment or default_experiment, workdir=args.workdir)
@@ -155,33 +167,43 @@ def _tracker(args: argparse.Namespace, default_experiment: str) -> object:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from zoo.harness import load_suite, run_suite
 
-    suite = load_suite(args.suite, models=args.models, datasets=args.datasets, seeds=args.seeds,
-                       data_root=args.data_root, extra=_key_values(args.set, "--set"))
+    suite = load_suite(
+        args.suite,
+        models=args.models,
+        datasets=args.datasets,
+        seeds=args.seeds,
+        data_root=args.data_root,
+        extra=_key_values(args.set, "--set"),
+    )
     source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
     print(f"suite {suite.name}: {len(suite.runs)} runs on {source}", flush=True)
     tracker = _tracker(args, f"suite-{suite.name}")
-    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir)  # type: ignore[arg-type]
+    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir)
     _print_results(outcomes)
-    uri = tracker.uri  # type: ignore[attr-defined]
-    print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")  # type: ignore[attr-defined]
+    uri = tracker.uri
+    print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")
     print(f"      browse with: mlflow ui --backend-store-uri {uri}")
     return 1 if any(not hasattr(o, "run_id") for _, o in outcomes) else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
-    from zoo.harness.train import train
+    from zoo.harness.training import train
 
     tracker = _tracker(args, "runs")
     if args.resume:
-        result = train(TrainConfig("unused", "isbi2012"), tracker=tracker, workdir=args.workdir,  # type: ignore[arg-type]
-                       resume=args.resume)
+        result = train(None, tracker=tracker, workdir=args.workdir, resume=args.resume)
     else:
         if not args.model or not args.dataset:
             raise ValueError("train needs --model and --dataset (or --resume RUN_DIR)")
-        fields = {"model": args.model, "dataset": args.dataset, "data_root": args.data_root,
-                  "overrides": _key_values(args.override, "--override"), **_key_values(args.set, "--set")}
-        result = train(TrainConfig.from_dict(fields), tracker=tracker, workdir=args.workdir)  # type: ignore[arg-type]
+        fields = {
+            "model": args.model,
+            "dataset": args.dataset,
+            "data_root": args.data_root,
+            "overrides": _key_values(args.override, "--override"),
+            **_key_values(args.set, "--set"),
+        }
+        result = train(TrainConfig.from_dict(fields), tracker=tracker, workdir=args.workdir)
     _print_results([(result.run_dir.name, result)])
     print(f"run folder: {result.run_dir}")
     return 0
@@ -194,6 +216,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
     from zoo.harness.data import build_data
     from zoo.harness.evaluate import evaluate
+    from zoo.models.base import SegmentationModel
     from zoo.registry import create_model
 
     run_dir = Path(args.run_dir)
@@ -201,11 +224,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data_root = args.data_root
     data = build_data(cfg, args.workdir)
-    model = create_model(cfg.model, in_channels=data.dataset.in_channels, num_classes=data.dataset.num_classes,
-                         **cfg.overrides)
+    model = create_model(
+        cfg.model, in_channels=data.dataset.in_channels, num_classes=data.dataset.num_classes, **cfg.overrides
+    )
+    assert isinstance(model, SegmentationModel)
     model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-    metrics = evaluate(model, data.dataset, data.split.val, rand=cfg.dataset == "isbi2012",  # type: ignore[arg-type]
-                       autocast_dtype=torch.bfloat16 if args.bf16 else None)
+    metrics = evaluate(
+        model,
+        data.dataset,
+        data.split.val,
+        rand=cfg.dataset == "isbi2012",
+        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+    )
     for key, value in metrics.items():
         print(f"{key:12s} {value:.4f}")
     print(f"on {len(data.split.val)} validation images of {data.source} ({data.split.detail})")
@@ -266,11 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_synth)
 
     def run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-root", default=None,
-                       help="folder holding isbi2012/, carvana512/ ... (e.g. ../shared/data); default: synthetic twins")
+        p.add_argument(
+            "--data-root",
+            default=None,
+            help="folder holding isbi2012/, carvana512/ ... (e.g. ../shared/data); default: synthetic twins",
+        )
         p.add_argument("--workdir", default="runs", help="run folders, twins and the default MLflow store")
         p.add_argument("--experiment", default=None, help="MLflow experiment name")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. epochs=3")
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. epochs=3"
+        )
 
     p = sub.add_parser("bench", help="run a benchmark suite (default: the main job)")
     p.add_argument("--suite", default="default", help="suite name in benchmarks/suites or a .toml path")
@@ -283,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model on one dataset, or resume a killed run")
     p.add_argument("--model")
     p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"])
-    p.add_argument("--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16")
+    p.add_argument(
+        "--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16"
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     run_options(p)
     p.set_defaults(func=_cmd_train)

@@ -40,12 +40,16 @@ def confusion_per_image(pred: Tensor, truth: Tensor, num_classes: int, ignore_in
     b = pred.shape[0]
     valid = truth != ignore_index
     index = truth.clamp(min=0) * num_classes + pred
-    index = index + (torch.arange(b, device=pred.device) * num_classes * num_classes).view(b, *[1] * (pred.dim() - 1))
+    index = index + (torch.arange(b, device=pred.device) * num_classes * num_classes).view(
+        b, *[1] * (pred.dim() - 1)
+    )
     counts = torch.bincount(index[valid], minlength=b * num_classes * num_classes)
     return counts.view(b, num_classes, num_classes)
 
 
-def dice_iou_per_image(pred: Tensor, truth: Tensor, num_classes: int, ignore_index: int = -1) -> tuple[Tensor, Tensor]:
+def dice_iou_per_image(
+    pred: Tensor, truth: Tensor, num_classes: int, ignore_index: int = -1
+) -> tuple[Tensor, Tensor]:
     """Dice and IoU per image ``(B,)``, macro over the foreground classes 1..K-1."""
     cm = confusion_per_image(pred, truth, num_classes, ignore_index).double()
     tp = torch.diagonal(cm, dim1=1, dim2=2)
@@ -121,7 +125,9 @@ class MetricAccumulator:
         self.iou += i.tolist()
         self.pixel_error += pixel_error_per_image(pred, truth).tolist()
         if self.rand:
-            self.rand_error += [rand_error_cells(p.numpy(), t.numpy()) for p, t in zip(pred, truth, strict=True)]
+            self.rand_error += [
+                rand_error_cells(p.numpy(), t.numpy()) for p, t in zip(pred, truth, strict=True)
+            ]
 
     def compute(self) -> dict[str, float]:
         if not self.dice:

@@ -50,8 +50,10 @@ def tile_plan(model: SegmentationModel, length: int, tile: int | None) -> tuple[
     out = model.output_size(tile_in)
     stride = out // multiple * multiple
     if stride <= 0:
-        raise ValueError(f"tile {tile_in} gives an output of {out}, smaller than the model's multiple {multiple}; "
-                         "use a larger tile")
+        raise ValueError(
+            f"tile {tile_in} gives an output of {out}, smaller than the model's multiple {multiple}; "
+            "use a larger tile"
+        )
     offset = (tile_in - out) // 2
     return tile_in, stride, offset, math.ceil(length / stride)
 
@@ -83,7 +85,9 @@ def predict_logits(
     model.eval()
     device = next(model.parameters()).device
     autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
 
     def run(batch: Tensor) -> Tensor:
@@ -97,7 +101,9 @@ def predict_logits(
         if model.padding_mode == "same":
             chunks = [x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)]
             return torch.cat([_predict_padded(run, model, c) for c in chunks])
-        return torch.cat([_predict_tiled(run, model, x[i : i + 1], tile, batch_size) for i in range(x.shape[0])])
+        return torch.cat(
+            [_predict_tiled(run, model, x[i : i + 1], tile, batch_size) for i in range(x.shape[0])]
+        )
     finally:
         model.train(was_training)
 
@@ -113,11 +119,16 @@ def _predict_padded(run: object, model: SegmentationModel, x: Tensor) -> Tensor:
 
 
 def _next_valid(model: SegmentationModel, n: int) -> int:
-    return next(m for m in range(max(n, model.min_input_size), n + model.input_multiple + model.min_input_size + 1)
-                if model.is_valid_input_size(m))
+    return next(
+        m
+        for m in range(max(n, model.min_input_size), n + model.input_multiple + model.min_input_size + 1)
+        if model.is_valid_input_size(m)
+    )
 
 
-def _predict_tiled(run: object, model: SegmentationModel, x: Tensor, tile: int | None, batch_size: int) -> Tensor:
+def _predict_tiled(
+    run: object, model: SegmentationModel, x: Tensor, tile: int | None, batch_size: int
+) -> Tensor:
     h, w = x.shape[-2:]
     tin_y, sy, off_y, ny = tile_plan(model, h, tile)
     tin_x, sx, off_x, nx = tile_plan(model, w, tile if tile is not None else tin_y)

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["DATASETS", "TrainConfig"]
 
@@ -79,7 +79,7 @@ class TrainConfig:
     cost_batch: int = 4
     cost_size: int | None = None
 
-    CHOICES = {
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "dataset": tuple(DATASETS),
         "optimizer": ("adamw", "adam", "sgd"),
         "schedule": ("cosine", "constant", "step"),
@@ -105,8 +105,14 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" for k in unknown if (m := difflib.get_close_matches(k, known, 1))]
-            raise TypeError(f"unknown config key(s) {unknown}. {' '.join(hints)} Known keys: {', '.join(sorted(known))}")
+            hints = [
+                f"{k!r} (did you mean {m[0]!r}?)"
+                for k in unknown
+                if (m := difflib.get_close_matches(k, known, 1))
+            ]
+            raise TypeError(
+                f"unknown config key(s) {unknown}. {' '.join(hints)} Known keys: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

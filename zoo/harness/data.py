@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data import CarvanaDataset, DataError, ISBI2012Dataset, SegmentationDataset, Split, block_kfold, group_split
+from zoo.data import (
+    CarvanaDataset,
+    DataError,
+    ISBI2012Dataset,
+    SegmentationDataset,
+    Split,
+    block_kfold,
+    group_split,
+)
 from zoo.data.synthetic import write_car_twin, write_em_twin
 from zoo.harness.config import DATASETS, TrainConfig
 
@@ -53,9 +61,9 @@ def build_data(cfg: TrainConfig, workdir: str | Path) -> RunData:
         root = Path(cfg.data_root) / DATASETS[cfg.dataset]
         if not root.is_dir():
             raise DataError(
-                f"{root}: dataset folder not found for dataset={cfg.dataset!r} under data_root={cfg.data_root!r}; "
-                "point --data-root at the folder that holds it (e.g. ../shared/data), or leave it out to use a "
-                "synthetic twin"
+                f"{root}: dataset folder not found for dataset={cfg.dataset!r} under "
+                f"data_root={cfg.data_root!r}; point --data-root at the folder that holds it (e.g. "
+                "../shared/data), or leave it out to use a synthetic twin"
             )
         source = str(root)
     if cfg.dataset == "isbi2012":

@@ -36,8 +36,9 @@ def evaluate(
         samples = [dataset[i] for i in chosen[start : start + batch_size]]
         images = torch.stack([s[0] for s in samples])
         masks = torch.stack([s[1] for s in samples])
-        logits = predict_logits(model, images, batch_size=batch_size, autocast_dtype=autocast_dtype,
-                                channels_last=channels_last)
+        logits = predict_logits(
+            model, images, batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last
+        )
         acc.update(logits.argmax(1), masks)
     return acc.compute()
 

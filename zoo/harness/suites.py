@@ -19,18 +19,22 @@ Format::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from zoo.harness.config import TrainConfig
 from zoo.registry import get_entry, list_models
 
 __all__ = ["Suite", "find_suite", "load_suite"]
 
-SUITE_DIRS = (Path.cwd() / "benchmarks" / "suites", Path(__file__).resolve().parents[2] / "benchmarks" / "suites")
+SUITE_DIRS = (
+    Path.cwd() / "benchmarks" / "suites",
+    Path(__file__).resolve().parents[2] / "benchmarks" / "suites",
+)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Suite:
 
 
 def find_suite(name_or_path: str) -> Path:
-    """A suite file by path, or by name in ``./benchmarks/suites`` or the repository's ``benchmarks/suites``."""
+    """A suite file by path, or by name in ``./benchmarks/suites`` or the repository's suites folder."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
         return path
@@ -50,8 +54,10 @@ def find_suite(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted({p.stem for d in SUITE_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    raise FileNotFoundError(f"suite {name_or_path!r} not found; known suites: {', '.join(known) or 'none'} "
-                            f"(looked in {', '.join(str(d) for d in SUITE_DIRS)}); or pass a .toml path")
+    raise FileNotFoundError(
+        f"suite {name_or_path!r} not found; known suites: {', '.join(known) or 'none'} "
+        f"(looked in {', '.join(str(d) for d in SUITE_DIRS)}); or pass a .toml path"
+    )
 
 
 def load_suite(
@@ -79,10 +85,15 @@ def load_suite(
             for seed in seed_list:
                 fields: dict[str, Any] = {**base, **spec.get("dataset", {}).get(dataset, {})}
                 per_model = dict(spec.get("model", {}).get(name, {}))
-                overrides = {**(get_entry(name).tiny if spec.get("tiny") else {}), **fields.pop("overrides", {}),
-                             **per_model.pop("overrides", {})}
+                overrides = {
+                    **(get_entry(name).tiny if spec.get("tiny") else {}),
+                    **fields.pop("overrides", {}),
+                    **per_model.pop("overrides", {}),
+                }
                 fields.update(per_model)
                 fields.update(extra or {})
-                fields.update(model=name, dataset=dataset, seed=seed, overrides=overrides, data_root=data_root)
+                fields.update(
+                    model=name, dataset=dataset, seed=seed, overrides=overrides, data_root=data_root
+                )
                 runs.append(TrainConfig.from_dict(fields))
     return Suite(spec.get("name", path.stem), spec.get("description", ""), runs)

@@ -3,6 +3,7 @@ clock read, with the conditions (device, dtype, memory format, batch, size) stat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import statistics
@@ -36,10 +37,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            try:
+            # not Linux, or not allowed: the figure is then the process's lifetime peak
+            with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass  # not Linux, or not allowed: the figure is then the process's lifetime peak
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,7 +117,6 @@ def measure_cost(
 
     with PeakMemory(device) as peak:
         train_times = _timed(step, device, warmup, iters)
-    del trainee, opt
     return {
         "params": float(count_parameters(model)),
         "gflops": flops / 1e9,

@@ -9,7 +9,8 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
   ``zoo.kind`` ("suite" or "run");
 - metrics per epoch (step = epoch): ``train_loss``, ``val_dice``, ``val_iou``, ``val_pixel_error``,
-  ``val_rand_error`` (ISBI), ``lr``, ``epoch_seconds``;
+  ``val_rand_error`` (ISBI), ``lr``, ``train_seconds`` and ``train_steps`` (the training loop alone),
+  ``epoch_seconds`` (with validation and checkpointing);
 - final metrics: ``dice``, ``iou``, ``pixel_error``, ``rand_error`` (ISBI) of the best epoch's weights
   on the validation split, ``best_epoch``; cost: ``params``, ``gflops``, ``train_images_per_s``,
   ``infer_images_per_s``, ``latency_ms``, ``peak_memory_mb``;
@@ -45,10 +46,17 @@ def default_tracking_uri(workdir: str | Path) -> str:
 def git_state(cwd: str | Path | None = None) -> dict[str, str]:
     """The commit of the working tree and whether it has uncommitted changes ("unknown" outside git)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, check=True, timeout=10).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         return {"git_commit": commit, "git_dirty": str(bool(status.strip()))}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
@@ -57,7 +65,9 @@ def git_state(cwd: str | Path | None = None) -> dict[str, str]:
 class Tracker:
     """A thin layer over ``MlflowClient``: explicit run ids, no global active-run state."""
 
-    def __init__(self, experiment: str, *, workdir: str | Path = "runs", tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, experiment: str, *, workdir: str | Path = "runs", tracking_uri: str | None = None
+    ) -> None:
         from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
 
         self.workdir = Path(workdir)
@@ -85,7 +95,9 @@ class Tracker:
                 raise
             return str(found.experiment_id)
 
-    def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    def start_run(
+        self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -112,6 +124,9 @@ class Tracker:
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
 
     def log_artifact(self, run_id: str, path: str | Path, subdir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=subdir)

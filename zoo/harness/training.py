@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -114,7 +114,9 @@ def _center(t: Tensor, size: int) -> Tensor:
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -152,7 +154,7 @@ def save_weights(model: SegmentationModel, path: Path, metadata: Mapping[str, An
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | None,
     *,
     tracker: Tracker,
     workdir: str | Path = "runs",
@@ -164,21 +166,26 @@ def train(
     """Train and evaluate one (model, dataset, seed) run, recorded in MLflow.
 
     Args:
-        cfg: the run's configuration (ignored when resuming: the run's saved config is used).
+        cfg: the run's configuration; None when resuming (the run's saved config is used).
         tracker: where the run is recorded.
         workdir: holds run folders (checkpoints, best weights) and synthetic twins.
         parent_run_id: the suite's parent run.
         resume: a run folder of a run that was killed; training continues from its last checkpoint.
     """
     workdir = Path(workdir)
+    if resume is None and cfg is None:
+        raise ValueError("train() needs a config, or resume=RUN_DIR")
     if resume is not None:
         run_dir = Path(resume)
         meta_path = run_dir / "run.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a run folder (no run.json); pass the folder a run created")
+            raise FileNotFoundError(
+                f"{meta_path}: not a run folder (no run.json); pass the folder a run created"
+            )
         cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
         run_id = json.loads(meta_path.read_text())["run_id"]
         tracker.resume_run(run_id)
+    assert cfg is not None
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
@@ -204,26 +211,45 @@ def train(
     step_model: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
 
     start_epoch, best, best_epoch, bad_epochs, best_metrics = 0, -1.0, -1, 0, {}
+    best_state: dict[str, Tensor] = {}
     if resume is None:
-        run_id = tracker.start_run(cfg.run_name, parent_run_id=parent_run_id,
-                                   tags={"zoo.kind": "run", **(tags or {})})
+        run_id = tracker.start_run(
+            cfg.run_name, parent_run_id=parent_run_id, tags={"zoo.kind": "run", **(tags or {})}
+        )
         run_dir = workdir / "runs" / tracker.experiment / f"{cfg.run_name}-{run_id[:8]}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(cfg.to_json() + "\n")
-        (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "experiment": tracker.experiment}) + "\n")
-        params = {f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in cfg.to_dict().items()}
+        (run_dir / "run.json").write_text(
+            json.dumps({"run_id": run_id, "experiment": tracker.experiment}) + "\n"
+        )
+        params = {
+            f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in cfg.to_dict().items()
+        }
         params.update(split.as_params(ds.names))
-        params.update({
-            "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
-            "data_source": data.source, "train_input_size": crop, "train_output_size": out_size,
-            "device": str(device), "dtype": str(amp).removeprefix("torch.") if amp else "float32",
-            "memory_format": "channels_last" if channels_last else "contiguous",
-            "train_images": len(split.train), "val_images": len(split.val),
-        })
+        params.update(
+            {
+                "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
+                "data_source": data.source,
+                "train_input_size": crop,
+                "train_output_size": out_size,
+                "device": str(device),
+                "dtype": str(amp).removeprefix("torch.") if amp else "float32",
+                "memory_format": "channels_last" if channels_last else "contiguous",
+                "train_images": len(split.train),
+                "val_images": len(split.val),
+            }
+        )
         tracker.log_params(run_id, params)
         machine = describe_machine(device)
-        tracker.set_tags(run_id, {**git_state(), "torch_version": torch.__version__,
-                                  "cuda_version": str(torch.version.cuda), "device_name": machine["device_name"]})
+        tracker.set_tags(
+            run_id,
+            {
+                **git_state(),
+                "torch_version": torch.__version__,
+                "cuda_version": str(torch.version.cuda),
+                "device_name": machine["device_name"],
+            },
+        )
         tracker.log_artifact(run_id, run_dir / "config.json", "config")
     else:
         ckpt_path = run_dir / "checkpoint.pt"
@@ -234,7 +260,14 @@ def train(
             sched.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
-            bad_epochs, best_metrics = ckpt["bad_epochs"], ckpt["best_metrics"]
+            bad_epochs, best_metrics, best_state = (
+                ckpt["bad_epochs"],
+                ckpt["best_metrics"],
+                ckpt["best_model"],
+            )
+            # killed between the checkpoint and the metrics upload: record that epoch now, exactly once
+            if ckpt["epoch"] not in tracker.logged_steps(run_id, "val_dice"):
+                tracker.log_metrics(run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
             log.info("resuming %s at epoch %d", run_id, start_epoch)
 
     try:
@@ -245,16 +278,29 @@ def train(
         gen = torch.Generator()
         is_isbi = cfg.dataset == "isbi2012"
         stopped_early = False
-        for epoch in tqdm(range(start_epoch, cfg.epochs), desc=cfg.run_name, disable=not progress or None,
-                          initial=start_epoch, total=cfg.epochs, leave=False):
+        for epoch in tqdm(
+            range(start_epoch, cfg.epochs),
+            desc=cfg.run_name,
+            disable=not progress or None,
+            initial=start_epoch,
+            total=cfg.epochs,
+            leave=False,
+        ):
             t0 = time.perf_counter()
             crops.set_epoch(epoch)
             gen.manual_seed(_seed(cfg.seed, epoch))
             torch.manual_seed(_seed(cfg.seed, epoch))  # dropout
-            loader = make_loader(crops, batch_size=cfg.batch_size, shuffle=True, in_memory=True,
-                                 seed=_seed(cfg.seed, epoch), device=device)
+            loader = make_loader(
+                crops,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                in_memory=True,
+                seed=_seed(cfg.seed, epoch),
+                device=device,
+            )
             model.train()
-            losses: list[float] = []
+            loss_sum = torch.zeros((), device=device)
+            steps = 0
             opt.zero_grad(set_to_none=True)
             for i, batch in enumerate(loader):
                 if micro_batches and i >= micro_batches:
@@ -271,49 +317,100 @@ def train(
                     logits = step_model(image)
                 target = _center(mask, out_size)
                 loss = _loss(cfg, logits, target, _center(weight, out_size) if weight is not None else None)
-                if not torch.isfinite(loss):
+                # on CPU the check is free; on a GPU it would sync every step, so look every 8 steps there
+                if (device.type == "cpu" or i % 8 == 0) and not torch.isfinite(loss_sum + loss):
                     raise NonFiniteLossError(
-                        f"{cfg.run_name}: loss is {loss.item()} at epoch {epoch}, batch {i} (lr "
-                        f"{sched.get_last_lr()[0]:.3g}); the run is marked FAILED and its last checkpoint "
-                        "kept. Lower the learning rate, use amp='none' or 'bf16' instead of fp16, or check "
-                        "the data for NaN."
+                        f"{cfg.run_name}: non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} (lr "
+                        f"{sched.get_last_lr()[0]:.3g}); the run is marked FAILED and the checkpoint of the "
+                        "last good epoch kept. Lower the learning rate, use amp='bf16' or 'none' instead of "
+                        "fp16, or check the data for NaN."
                     )
                 scaler.scale(loss / cfg.accumulate).backward()
                 if (i + 1) % cfg.accumulate == 0:
                     scaler.step(opt)
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-            lr = sched.get_last_lr()[0]
+                loss_sum += loss.detach()
+                steps += 1
+            train_loss = (loss_sum / max(steps, 1)).item()
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(
+                    f"{cfg.run_name}: non-finite mean loss in epoch {epoch}; run marked FAILED"
+                )
+            train_seconds = time.perf_counter() - t0
+            lr = float(sched.get_last_lr()[0])
             sched.step()
-            val = evaluate(model, ds, split.val, rand=is_isbi, batch_size=cfg.batch_size, autocast_dtype=amp,
-                           channels_last=channels_last, max_images=cfg.max_val_images)
-            metrics = {"train_loss": float(np.mean(losses)), "lr": lr, "epoch_seconds": time.perf_counter() - t0}
+            val = evaluate(
+                model,
+                ds,
+                split.val,
+                rand=is_isbi,
+                batch_size=cfg.batch_size,
+                autocast_dtype=amp,
+                channels_last=channels_last,
+                max_images=cfg.max_val_images,
+            )
+            metrics: dict[str, float] = {
+                "train_loss": train_loss,
+                "lr": lr,
+                "train_seconds": train_seconds,
+                "train_steps": float(steps),
+                "epoch_seconds": time.perf_counter() - t0,
+            }
             metrics.update({f"val_{k}": v for k, v in val.items()})
-            tracker.log_metrics(run_id, metrics, step=epoch)
             if val["dice"] > best:
                 best, best_epoch, bad_epochs, best_metrics = val["dice"], epoch, 0, val
-                save_weights(model, run_dir / "best.safetensors",
-                             {"dataset": cfg.dataset, "epoch": epoch, "metrics": val, "run_id": run_id})
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad_epochs += 1
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                          "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                          "best_metrics": best_metrics}, run_dir / "checkpoint.pt")
+            # The checkpoint is the single record of progress (best weights included): written first and
+            # atomically, so a kill at any point leaves a consistent state to resume from.
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "best_metrics": best_metrics,
+                    "best_model": best_state,
+                    "epoch_metrics": metrics,
+                },
+                run_dir / "checkpoint.pt",
+            )
+            tracker.log_metrics(run_id, metrics, step=epoch)
             if cfg.patience is not None and bad_epochs >= cfg.patience:
                 stopped_early = True
                 log.info("%s: early stop at epoch %d (best %d)", cfg.run_name, epoch, best_epoch)
                 break
 
-        # final figures: the best epoch's weights
-        model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
+        # final figures: the best epoch's weights, also written as the run's safetensors file
+        model.load_state_dict(best_state)
+        save_weights(
+            model,
+            run_dir / "best.safetensors",
+            {"dataset": cfg.dataset, "epoch": best_epoch, "metrics": best_metrics, "run_id": run_id},
+        )
         final = {**best_metrics, "best_epoch": float(best_epoch)}
-        cost = measure_cost(model, size=cfg.cost_size or crop, batch=cfg.cost_batch, autocast_dtype=amp,
-                            channels_last=channels_last)
+        cost = measure_cost(
+            model,
+            size=cfg.cost_size or crop,
+            batch=cfg.cost_batch,
+            autocast_dtype=amp,
+            channels_last=channels_last,
+        )
         tracker.log_metrics(run_id, {**final, **cost}, step=best_epoch)
-        tracker.log_params(run_id, {"cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
-                                    "cost_batch": cfg.cost_batch, "stopped_early": stopped_early})
+        tracker.log_params(
+            run_id,
+            {
+                "cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
+                "cost_batch": cfg.cost_batch,
+                "stopped_early": stopped_early,
+            },
+        )
         _log_artifacts(tracker, run_id, run_dir, model, ds, split.val, amp, channels_last)
         tracker.finish(run_id, "FINISHED")
         return RunResult(run_id, run_dir, {**final, **cost})
@@ -325,8 +422,16 @@ def train(
         raise
 
 
-def _log_artifacts(tracker: Tracker, run_id: str, run_dir: Path, model: SegmentationModel, ds: Any,
-                   val: tuple[int, ...], amp: torch.dtype | None, channels_last: bool) -> None:
+def _log_artifacts(
+    tracker: Tracker,
+    run_id: str,
+    run_dir: Path,
+    model: SegmentationModel,
+    ds: Any,
+    val: tuple[int, ...],
+    amp: torch.dtype | None,
+    channels_last: bool,
+) -> None:
     tracker.log_artifact(run_id, run_dir / "best.safetensors", "weights")
     for i in val[:2]:
         image, mask = ds[i][0], ds[i][1]

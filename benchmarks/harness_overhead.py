@@ -1,0 +1,131 @@
+"""What does the harness add to a bare training step? (issue 4: at most 10%)
+
+Runs, in one process on one machine, for the same model, batch, crop and dtype:
+- bare: a loop of forward / loss / backward / optimiser step on tensors already in memory;
+- harness: ``zoo.harness.train`` epochs (random crops from the dataset, batched augmentation on the
+  device, the loss with its checks, per-epoch metrics to MLflow, checkpoint), timed by its own
+  ``train_seconds`` per epoch; validation is timed apart (``epoch_seconds - train_seconds``).
+Writes ``benchmarks/results/harness_overhead-<machine>.json``.
+
+    python benchmarks/harness_overhead.py [--model unet_bn] [--width 32] [--crop 192] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo import create_model
+from zoo.harness import Tracker, TrainConfig, train
+from zoo.harness.training import resolve_amp
+from zoo.machine import describe_machine, machine_slug
+
+
+def bare_seconds_per_step(model_name: str, width: int, crop: int, batch: int, steps: int, amp: str) -> float:
+    torch.manual_seed(0)
+    model = create_model(model_name, in_channels=1, num_classes=2, base_channels=width).train()
+    dtype = resolve_amp(amp, torch.device("cpu"))
+    if dtype is not None:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand(batch, 1, crop, crop)
+    if dtype is not None:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch, crop, crop))
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="unet_bn")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--crop", type=int, default=192)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            model=args.model,
+            dataset="isbi2012",
+            overrides={"base_channels": args.width},
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            batch_size=args.batch,
+            crop=args.crop,
+            amp=args.amp,
+            loss="ce",
+            synthetic={"count": 12, "size": 256},
+            max_val_images=2,
+        )
+        tracker = Tracker("overhead", workdir=tmp)
+        result = train(cfg, tracker=tracker, workdir=tmp, progress=False)
+        history = {
+            m.key: sorted(tracker.client.get_metric_history(result.run_id, m.key), key=lambda h: h.step)
+            for m in [type("K", (), {"key": k}) for k in ("train_seconds", "train_steps", "epoch_seconds")]
+        }
+    # the first epoch includes one-off warm-up (allocator, kernels): compare the later ones
+    later = slice(1, None)
+    train_s = sum(h.value for h in history["train_seconds"][later])
+    steps = sum(h.value for h in history["train_steps"][later])
+    val_s = sum(
+        e.value - t.value
+        for e, t in zip(history["epoch_seconds"][later], history["train_seconds"][later], strict=True)
+    )
+    harness_step = train_s / steps
+    bare_step = bare_seconds_per_step(args.model, args.width, args.crop, args.batch, args.steps, args.amp)
+    overhead = harness_step / bare_step - 1
+    results = {
+        "benchmark": "harness_overhead",
+        "model": args.model,
+        "base_channels": args.width,
+        "crop": args.crop,
+        "batch": args.batch,
+        "amp": args.amp,
+        "steps_compared": steps,
+        "bare_seconds_per_step": round(bare_step, 4),
+        "harness_seconds_per_step": round(harness_step, 4),
+        "overhead_fraction": round(overhead, 4),
+        "within_10_percent": overhead <= 0.10,
+        "validation_and_checkpoint_seconds_per_epoch": round(
+            val_s / max(len(history["train_seconds"]) - 1, 1), 3
+        ),
+        "machine": describe_machine(),
+    }
+    out = Path(args.out) / f"harness_overhead-{machine_slug()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    print(f"written {out}")
+    return 0 if overhead <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The harness end to end: suites, MLflow records, NaN detection, kill-and-resume, an MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors import safe_open
+
+import zoo.harness.training as train_module
+from zoo.harness import NonFiniteLossError, Tracker, TrainConfig, load_suite, run_suite, train
+
+TINY = {
+    "epochs": 2,
+    "steps_per_epoch": 2,
+    "batch_size": 2,
+    "crop": 64,
+    "max_val_images": 2,
+    "cost_batch": 2,
+    "synthetic": {"count": 6, "size": 96},
+    "folds": 3,
+    "fold": 2,
+}
+
+
+def _runs(tracker: Tracker) -> list[mlflow.entities.Run]:
+    return tracker.client.search_runs([tracker.experiment_id])
+
+
+def test_smoke_suite_records_complete_runs_under_a_parent(tmp_path: Path) -> None:
+    suite = load_suite("smoke", models="unet_*", datasets=["isbi2012"])
+    assert {c.model for c in suite.runs} == {
+        "unet_bn",
+        "unet_bilinear",
+        "unet_resnet34",
+        "unet_tu_efficientnet_b0",
+    }
+    suite = load_suite("smoke", models="unet*", datasets=["isbi2012"])
+    suite.runs = [c for c in suite.runs if c.model in ("unet", "unet_bn")]
+    tracker = Tracker("smoke-test", workdir=tmp_path)
+    outcomes = run_suite(suite, tracker=tracker, workdir=str(tmp_path), progress=False)
+    assert all(hasattr(o, "run_id") for _, o in outcomes), outcomes
+    runs = {r.info.run_name: r for r in _runs(tracker)}
+    parent = runs["smoke"]
+    assert parent.data.tags["zoo.kind"] == "suite" and parent.info.status == "FINISHED"
+    child = runs["unet-isbi2012-s0"]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for key in ("git_commit", "git_dirty", "torch_version", "cuda_version", "device_name"):
+        assert key in child.data.tags
+    params = child.data.params
+    assert (
+        params["cfg.model"] == "unet"
+        and params["cfg.seed"] == "0"
+        and params["split_method"] == "block_kfold"
+    )
+    assert params["train_input_size"] == "188" and params["train_output_size"] == "4"  # valid convs: 188 -> 4
+    assert json.loads(params["model_args"])["padding"] == "valid"
+    for key in (
+        "dice",
+        "iou",
+        "pixel_error",
+        "rand_error",
+        "params",
+        "gflops",
+        "train_images_per_s",
+        "infer_images_per_s",
+        "latency_ms",
+        "peak_memory_mb",
+        "best_epoch",
+    ):
+        assert key in child.data.metrics, key
+    assert 0 <= child.data.metrics["dice"] <= 1
+    history = tracker.client.get_metric_history(child.info.run_id, "val_dice")
+    assert sorted(m.step for m in history) == [0]  # the smoke suite trains one epoch
+    artifacts = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
+    assert artifacts == {"config", "overlays", "weights"}
+    local = Path(
+        tracker.client.download_artifacts(child.info.run_id, "weights/best.safetensors", str(tmp_path))
+    )
+    with safe_open(str(local), "pt") as f:
+        meta = f.metadata()
+    assert meta["model_name"] == "unet" and json.loads(meta["metrics"])["dice"] == pytest.approx(
+        child.data.metrics["dice"]
+    )
+
+
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_augment = train_module.augment_batch
+    calls = {"n": 0}
+
+    def poisoned(image, mask, weight, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        image, mask, weight = real_augment(image, mask, weight, **kw)
+        if calls["n"] > 2:  # epoch 1: NaN pixels reach the network
+            image = image.clone()
+            image[0, 0, 5, 5] = float("nan")
+        return image, mask, weight
+
+    monkeypatch.setattr(train_module, "augment_batch", poisoned)
+    tracker = Tracker("nan-test", workdir=tmp_path)
+    cfg = TrainConfig.from_dict(
+        {"model": "unet_bn", "dataset": "isbi2012", "overrides": {"base_channels": 4}, **TINY}
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 1, batch 0"):
+        train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
+    (run,) = _runs(tracker)
+    assert run.info.status == "FAILED"
+    run_dir = next((tmp_path / "runs" / "nan-test").iterdir())
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 0  # the last good epoch is kept
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _train_cmd(workdir: Path, *extra: str) -> list[str]:
+    settings = {**TINY, "epochs": 3, "steps_per_epoch": 12, "crop": 96}
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in settings.items()]
+    return [
+        sys.executable,
+        "-m",
+        "zoo.cli",
+        "train",
+        "--model",
+        "unet_bn",
+        "--dataset",
+        "isbi2012",
+        "--override",
+        "base_channels=8",
+        "--workdir",
+        str(workdir),
+        "--experiment",
+        "resume-test",
+        *sets,
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path / "killed"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    runs_root = tmp_path / "killed" / "runs" / "resume-test"
+    deadline = time.monotonic() + 240
+    while not any(runs_root.glob("*/checkpoint.pt")):  # wait for epoch 0 to finish
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.2)
+    time.sleep(0.5)  # into epoch 1
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (run_dir,) = runs_root.iterdir()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    tracker = Tracker("resume-test", workdir=tmp_path / "killed")
+    assert tracker.run_status(run_id) == "RUNNING"  # killed without a chance to say so
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.cli",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--workdir",
+            str(tmp_path / "killed"),
+            "--experiment",
+            "resume-test",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tracker.run_status(run_id) == "FINISHED"
+    assert len(_runs(tracker)) == 1  # the same run, not a new one
+    history = tracker.client.get_metric_history(run_id, "val_dice")
+    assert sorted(m.step for m in history) == [
+        0,
+        1,
+        2,
+    ]  # every epoch once; only the unfinished one was redone
+    # and the resumed run ends exactly where an uninterrupted one does
+    straight = subprocess.run(
+        _train_cmd(tmp_path / "straight"), env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert straight.returncode == 0, straight.stderr
+    other = Tracker("resume-test", workdir=tmp_path / "straight")
+    (ref,) = _runs(other)
+    ref_history = {m.step: m.value for m in other.client.get_metric_history(ref.info.run_id, "val_dice")}
+    assert {m.step: m.value for m in history} == pytest.approx(ref_history, abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> str:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            (tmp_path / "server-artifacts").as_uri(),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("mlflow server did not come up on 127.0.0.1")
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_run_logged_through_an_mlflow_server_reads_back_complete(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tracker = Tracker("server-test", workdir=tmp_path / "work")
+    assert tracker.uri == mlflow_server
+    cfg = TrainConfig.from_dict(
+        {
+            "model": "unet_bn",
+            "dataset": "carvana",
+            "overrides": {"base_channels": 4},
+            **{**TINY, "synthetic": {"count": 32, "size": 96}, "val_fraction": 0.5},
+        }
+    )
+    result = train(cfg, tracker=tracker, workdir=tmp_path / "work", progress=False)
+    mlflow.set_tracking_uri(mlflow_server)
+    frame = mlflow.search_runs(experiment_names=["server-test"])
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["run_id"] == result.run_id and row["status"] == "FINISHED"
+    assert row["params.cfg.model"] == "unet_bn" and row["params.split_method"] == "group_split"
+    assert row["metrics.dice"] == pytest.approx(result.metrics["dice"])
+    assert row["tags.torch_version"] == torch.__version__
+    assert "metrics.rand_error" not in frame.columns or frame["metrics.rand_error"].isna().all()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "weights")}
+    assert artifacts == {"weights/best.safetensors"}
