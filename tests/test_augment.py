@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,17 +81,7 @@ def test_no_op_config_is_the_identity() -> None:
 def test_flips_alone_give_the_input_or_its_mirror() -> None:
     masks = _blocks(16, 32, 48)
     images = torch.rand(16, 1, 32, 48)
-    cfg = AugmentConfig(
-        elastic_sigma=0,
-        rotation=0,
-        scale=0,
-        shift=0,
-        hflip=True,
-        vflip=False,
-        brightness=0,
-        contrast=0,
-        gamma=0,
-    )
+    cfg = replace(NOTHING, hflip=True)
     _, out, _ = augment_batch(images, masks, config=cfg, generator=torch.Generator().manual_seed(3))
     flipped = [bool(torch.equal(o, m.flip(-1))) for o, m in zip(out, masks, strict=True)]
     same = [bool(torch.equal(o, m)) for o, m in zip(out, masks, strict=True)]
@@ -112,17 +103,7 @@ def test_elastic_displacements_have_the_papers_10_pixel_spread() -> None:
 
 
 def test_rotation_keeps_a_square_a_square_in_a_wide_image() -> None:
-    cfg = AugmentConfig(
-        elastic_sigma=0,
-        rotation=90,
-        scale=0,
-        shift=0,
-        hflip=False,
-        vflip=False,
-        brightness=0,
-        contrast=0,
-        gamma=0,
-    )
+    cfg = replace(NOTHING, rotation=90)
     masks = torch.zeros(32, 60, 120, dtype=torch.int64)
     masks[:, 20:40, 50:70] = 1  # a centred 20x20 square
     _, out, _ = augment_batch(

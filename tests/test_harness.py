@@ -117,7 +117,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
         train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     (run,) = _runs(tracker)
     assert run.info.status == "FAILED"
-    run_dir = next((tmp_path / "runs" / "nan-test").iterdir())
+    run_dir = next((tmp_path / "nan-test").iterdir())
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 0  # the last good epoch is kept
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -155,7 +155,7 @@ def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    runs_root = tmp_path / "killed" / "runs" / "resume-test"
+    runs_root = tmp_path / "killed" / "resume-test"
     deadline = time.monotonic() + 240
     while not any(runs_root.glob("*/checkpoint.pt")):  # wait for epoch 0 to finish
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""

@@ -190,7 +190,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
     from zoo.harness.training import train
 
-    tracker = _tracker(args, "runs")
+    tracker = _tracker(args, "train")
     if args.resume:
         result = train(None, tracker=tracker, workdir=args.workdir, resume=args.resume)
     else:

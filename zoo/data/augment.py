@@ -125,27 +125,19 @@ def augment_batch(
         raise TypeError(f"masks must be int64 class indices, got {masks.dtype}")
     b, _, h, w = images.shape
     grid = sampling_grid(b, h, w, cfg, gen, images.device).to(images.dtype)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = _resample(images, grid, "bilinear")
     # nearest sampling of the class indices: exact integers, no blending between classes
-    m = F.grid_sample(
-        masks.unsqueeze(1).to(images.dtype),
-        grid,
-        mode="nearest",
-        padding_mode="reflection",
-        align_corners=False,
-    )
-    out_masks = m.squeeze(1).round().to(torch.int64)
+    out_masks = _resample(masks.unsqueeze(1).to(images.dtype), grid, "nearest").squeeze(1).round().long()
     out_weights = None
     if weights is not None:
-        out_weights = F.grid_sample(
-            weights.unsqueeze(1).to(images.dtype),
-            grid,
-            mode="bilinear",
-            padding_mode="reflection",
-            align_corners=False,
-        ).squeeze(1)
+        out_weights = _resample(weights.unsqueeze(1).to(images.dtype), grid, "bilinear").squeeze(1)
     out = _gray_values(out, cfg, gen)
     return out, out_masks, out_weights
+
+
+def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
+    # reflection at the borders: the paper's mirror padding
+    return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
 def _gray_values(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:

@@ -216,7 +216,7 @@ def train(
         run_id = tracker.start_run(
             cfg.run_name, parent_run_id=parent_run_id, tags={"zoo.kind": "run", **(tags or {})}
         )
-        run_dir = workdir / "runs" / tracker.experiment / f"{cfg.run_name}-{run_id[:8]}"
+        run_dir = workdir / tracker.experiment / f"{cfg.run_name}-{run_id[:8]}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(cfg.to_json() + "\n")
         (run_dir / "run.json").write_text(
