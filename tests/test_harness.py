@@ -36,18 +36,35 @@ def _runs(tracker: Tracker) -> list[mlflow.entities.Run]:
     return tracker.client.search_runs([tracker.experiment_id])
 
 
-def test_smoke_suite_records_complete_runs_under_a_parent(tmp_path: Path) -> None:
-    suite = load_suite("smoke", models="unet_*", datasets=["isbi2012"])
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, Path, list[tuple[str, object]]]:
+    """Two smoke-suite runs (the paper's unet and unet_bn on the EM twin), shared by several tests."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    suite = load_suite("smoke", models="unet*", datasets=["isbi2012"])
+    suite.runs = [c for c in suite.runs if c.model in ("unet", "unet_bn")]
+    tracker = Tracker("smoke-test", workdir=workdir)
+    outcomes = run_suite(suite, tracker=tracker, workdir=str(workdir), progress=False)
+    return tracker, workdir, outcomes
+
+
+def test_suite_selection_narrows_by_pattern_dataset_and_seeds() -> None:
+    suite = load_suite("smoke", models="unet_*", datasets=["isbi2012"], seeds=2)
     assert {c.model for c in suite.runs} == {
         "unet_bn",
         "unet_bilinear",
         "unet_resnet34",
         "unet_tu_efficientnet_b0",
     }
-    suite = load_suite("smoke", models="unet*", datasets=["isbi2012"])
-    suite.runs = [c for c in suite.runs if c.model in ("unet", "unet_bn")]
-    tracker = Tracker("smoke-test", workdir=tmp_path)
-    outcomes = run_suite(suite, tracker=tracker, workdir=str(tmp_path), progress=False)
+    assert sorted({c.seed for c in suite.runs}) == [0, 1] and len(suite.runs) == 8
+    assert all(c.overrides for c in suite.runs)  # the smoke suite applies each model's tiny overrides
+    with pytest.raises(TypeError, match=r"unknown config key\(s\) \['epoch'\]"):
+        load_suite("smoke", extra={"epoch": 3})
+
+
+def test_smoke_suite_records_complete_runs_under_a_parent(
+    smoke_runs: tuple[Tracker, Path, list[tuple[str, object]]], tmp_path: Path
+) -> None:
+    tracker, _, outcomes = smoke_runs
     assert all(hasattr(o, "run_id") for _, o in outcomes), outcomes
     runs = {r.info.run_name: r for r in _runs(tracker)}
     parent = runs["smoke"]
@@ -92,6 +109,37 @@ def test_smoke_suite_records_complete_runs_under_a_parent(tmp_path: Path) -> Non
     assert meta["model_name"] == "unet" and json.loads(meta["metrics"])["dice"] == pytest.approx(
         child.data.metrics["dice"]
     )
+
+
+def test_evaluate_cli_reproduces_the_recorded_quality(
+    smoke_runs: tuple[Tracker, Path, list[tuple[str, object]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zoo.cli import main
+
+    tracker, workdir, outcomes = smoke_runs
+    result = dict(outcomes)["unet_bn-isbi2012-s0"]
+    assert main(["evaluate", str(result.run_dir), "--workdir", str(workdir)]) == 0  # type: ignore[attr-defined]
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:4])
+    recorded = tracker.client.get_run(result.run_id).data.metrics  # type: ignore[attr-defined]
+    for key in ("dice", "iou", "pixel_error", "rand_error"):
+        assert float(printed[key]) == pytest.approx(recorded[key], abs=6e-5), key
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path) -> None:
+    tracker = Tracker("early", workdir=tmp_path)
+    cfg = TrainConfig.from_dict(
+        {
+            "model": "unet_bn",
+            "dataset": "isbi2012",
+            "overrides": {"base_channels": 4},
+            **{**TINY, "epochs": 6, "lr": 0.0, "patience": 2},
+        }
+    )
+    result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
+    steps = sorted(m.step for m in tracker.client.get_metric_history(result.run_id, "val_dice"))
+    assert steps == [0, 1, 2]  # lr 0: no epoch beats epoch 0; two bad epochs end it
+    run = tracker.client.get_run(result.run_id)
+    assert run.data.params["stopped_early"] == "True" and run.data.metrics["best_epoch"] == 0
 
 
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(

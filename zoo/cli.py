@@ -216,29 +216,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
     from zoo.harness.data import build_data
     from zoo.harness.evaluate import evaluate
+    from zoo.harness.training import resolve_amp, resolve_device
     from zoo.models.base import SegmentationModel
     from zoo.registry import create_model
 
     run_dir = Path(args.run_dir)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder that a run created")
+    cfg = TrainConfig.from_dict(json.loads(config.read_text()))
     if args.data_root:
         cfg.data_root = args.data_root
     data = build_data(cfg, args.workdir)
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
     model = create_model(
         cfg.model, in_channels=data.dataset.in_channels, num_classes=data.dataset.num_classes, **cfg.overrides
     )
     assert isinstance(model, SegmentationModel)
     model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     metrics = evaluate(
         model,
         data.dataset,
         data.split.val,
         rand=cfg.dataset == "isbi2012",
-        autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        batch_size=cfg.batch_size,
+        autocast_dtype=amp,
+        channels_last=channels_last,
+        max_images=cfg.max_val_images,
     )
     for key, value in metrics.items():
         print(f"{key:12s} {value:.4f}")
-    print(f"on {len(data.split.val)} validation images of {data.source} ({data.split.detail})")
+    print(
+        f"on {min(len(data.split.val), cfg.max_val_images or len(data.split.val))} validation images of "
+        f"{data.source} ({data.split.detail}); the run's dtype and memory format"
+    )
     return 0
 
 
@@ -328,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation split")
     p.add_argument("run_dir")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--workdir", default="runs")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--workdir", default="runs", help="where synthetic twins are (for runs on synthetic data)")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

@@ -302,7 +302,11 @@ def train(
             loss_sum = torch.zeros((), device=device)
             steps = 0
             opt.zero_grad(set_to_none=True)
-            for i, batch in enumerate(loader):
+            total_steps = micro_batches or len(loader)
+            bar = tqdm(
+                loader, total=total_steps, desc=f"epoch {epoch}", leave=False, disable=not progress or None
+            )
+            for i, batch in enumerate(bar):
                 if micro_batches and i >= micro_batches:
                     break
                 image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
