@@ -334,3 +334,21 @@ def test_a_run_logged_through_an_mlflow_server_reads_back_complete(
     assert "metrics.rand_error" not in frame.columns or frame["metrics.rand_error"].isna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "weights")}
     assert artifacts == {"weights/best.safetensors"}
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_the_eager_record_format(tmp_path: Path) -> None:
+    # torch.compile on CPU builds C++ kernels (a minute or more): slow, so outside the default run
+    tracker = Tracker("compiled", workdir=tmp_path)
+    cfg = TrainConfig.from_dict(
+        {
+            "model": "unet_bn",
+            "dataset": "isbi2012",
+            "overrides": {"base_channels": 4},
+            **{**TINY, "compile": True},
+        }
+    )
+    result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
+    run = tracker.client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["cfg.compile"] == "True"
+    assert 0 <= run.data.metrics["dice"] <= 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from zoo.cli import main
 from zoo.data import CarvanaDataset, ISBI2012Dataset
@@ -133,3 +134,19 @@ def test_random_crops_are_reproducible_and_cover_small_images(em_twin: Path) -> 
     assert not next(iter(make_loader(crops, batch_size=4, shuffle=True, in_memory=True, seed=0)))[0].equal(
         first[0]
     )
+
+
+def test_crops_for_valid_models_put_the_output_window_anywhere_in_the_image(em_twin: Path) -> None:
+    ds = ISBI2012Dataset(em_twin)  # 128 px slices
+    crop, out = 188, 4  # the tiny paper unet: a 188 input gives a 4 px output window
+    context = (crop - out) // 2
+    crops = RandomCrops(ds, [0], (crop, crop), repeats=300, seed=1, context=context)
+    image = ds[0][0]
+    tops = []
+    for position in range(300):
+        window = crops[position][0][:, context : context + out, context : context + out]
+        top, left = crops.origin(position, 128 + 2 * context, 128 + 2 * context)
+        assert 0 <= top <= 128 - out and 0 <= left <= 128 - out  # the window lies on real pixels
+        assert torch.equal(window, image[:, top : top + out, left : left + out])  # and is aligned with them
+        tops.append(top)
+    assert min(tops) < 10 and max(tops) > 128 - out - 10  # borders are reached, not only the centre

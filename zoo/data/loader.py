@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.datasets import SegmentationDataset
+from zoo.tiling import mirror_pad
 
 __all__ = ["RandomCrops", "make_loader"]
 
@@ -18,8 +18,13 @@ __all__ = ["RandomCrops", "make_loader"]
 class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
     """Fixed-size random crops of the samples ``indices`` of ``dataset``, ``repeats`` crops per sample.
 
+    ``context`` is for valid-convolution models, whose output is the crop shrunk by ``context`` on each
+    side: samples are first mirror-padded by ``context`` (the paper's overlap-tile geometry), so the
+    output window, not the input crop, ranges over the whole image, borders included. Samples still
+    smaller than the crop are mirror-padded to it.
+
     Crop positions depend only on ``(seed, epoch, position)``: :meth:`set_epoch` changes them, a seed
-    reproduces them, whatever the worker layout. Samples smaller than the crop are mirror-padded.
+    reproduces them, whatever the worker layout.
     """
 
     def __init__(
@@ -30,9 +35,10 @@ class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
         *,
         repeats: int = 1,
         seed: int = 0,
+        context: int = 0,
     ) -> None:
         self.dataset, self.indices, self.size = dataset, list(indices), size
-        self.repeats, self.seed, self.epoch = repeats, seed, 0
+        self.repeats, self.seed, self.epoch, self.context = repeats, seed, 0, context
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -40,23 +46,29 @@ class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
     def __len__(self) -> int:
         return len(self.indices) * self.repeats
 
+    def origin(self, position: int, height: int, width: int) -> tuple[int, int]:
+        """Top-left corner of the crop in the (padded) sample of size ``height x width``."""
+        rng = np.random.default_rng([self.seed, self.epoch, position])
+        return int(rng.integers(0, height - self.size[0] + 1)), int(rng.integers(0, width - self.size[1] + 1))
+
     def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
         sample: tuple[torch.Tensor, ...] = self.dataset[self.indices[position % len(self.indices)]]
+        c = self.context
+        if c:
+            sample = tuple(_mirror(t, c, c, c, c) for t in sample)
         h, w = sample[0].shape[-2:]
         ch, cw = self.size
         if h < ch or w < cw:
-            sample = tuple(_mirror_pad(t, ch, cw) for t in sample)
+            dh, dw = max(ch - h, 0), max(cw - w, 0)
+            sample = tuple(_mirror(t, dh // 2, dh - dh // 2, dw // 2, dw - dw // 2) for t in sample)
             h, w = sample[0].shape[-2:]
-        rng = np.random.default_rng([self.seed, self.epoch, position])
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        top, left = self.origin(position, h, w)
         return tuple(t[..., top : top + ch, left : left + cw].contiguous() for t in sample)
 
 
-def _mirror_pad(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    dh, dw = max(h - t.shape[-2], 0), max(w - t.shape[-1], 0)
-    pad = [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2]
+def _mirror(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
     x = t if t.dim() == 3 else t.unsqueeze(0)
-    out = F.pad(x.float(), pad, mode="reflect").to(t.dtype)
+    out = mirror_pad(x.float(), top, bottom, left, right).to(t.dtype)
     return out if t.dim() == 3 else out.squeeze(0)
 
 

@@ -273,7 +273,9 @@ def train(
     try:
         micro_batches = (cfg.steps_per_epoch or 0) * cfg.accumulate
         repeats = max(1, math.ceil(micro_batches * cfg.batch_size / len(split.train))) if micro_batches else 1
-        crops = RandomCrops(ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed)
+        crops = RandomCrops(
+            ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed, context=(crop - out_size) // 2
+        )
         aug = AugmentConfig(**cfg.augment)
         gen = torch.Generator()
         is_isbi = cfg.dataset == "isbi2012"
