@@ -32,6 +32,12 @@ TINY = {
 }
 
 
+def _tiny_bn(**changes: object) -> TrainConfig:
+    """unet_bn at width 4 on the small EM twin, with the TINY budget and ``changes``."""
+    fields = {"model": "unet_bn", "dataset": "isbi2012", "overrides": {"base_channels": 4}, **TINY, **changes}
+    return TrainConfig.from_dict(fields)
+
+
 def _runs(tracker: Tracker) -> list[mlflow.entities.Run]:
     return tracker.client.search_runs([tracker.experiment_id])
 
@@ -127,14 +133,7 @@ def test_evaluate_cli_reproduces_the_recorded_quality(
 
 def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path) -> None:
     tracker = Tracker("early", workdir=tmp_path)
-    cfg = TrainConfig.from_dict(
-        {
-            "model": "unet_bn",
-            "dataset": "isbi2012",
-            "overrides": {"base_channels": 4},
-            **{**TINY, "epochs": 6, "lr": 0.0, "patience": 2},
-        }
-    )
+    cfg = _tiny_bn(epochs=6, lr=0.0, patience=2)
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     steps = sorted(m.step for m in tracker.client.get_metric_history(result.run_id, "val_dice"))
     assert steps == [0, 1, 2]  # lr 0: no epoch beats epoch 0; two bad epochs end it
@@ -158,9 +157,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
 
     monkeypatch.setattr(train_module, "augment_batch", poisoned)
     tracker = Tracker("nan-test", workdir=tmp_path)
-    cfg = TrainConfig.from_dict(
-        {"model": "unet_bn", "dataset": "isbi2012", "overrides": {"base_channels": 4}, **TINY}
-    )
+    cfg = _tiny_bn()
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 1, batch 0"):
         train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     (run,) = _runs(tracker)
@@ -314,14 +311,7 @@ def test_a_run_logged_through_an_mlflow_server_reads_back_complete(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     tracker = Tracker("server-test", workdir=tmp_path / "work")
     assert tracker.uri == mlflow_server
-    cfg = TrainConfig.from_dict(
-        {
-            "model": "unet_bn",
-            "dataset": "carvana",
-            "overrides": {"base_channels": 4},
-            **{**TINY, "synthetic": {"count": 32, "size": 96}, "val_fraction": 0.5},
-        }
-    )
+    cfg = _tiny_bn(dataset="carvana", synthetic={"count": 32, "size": 96}, val_fraction=0.5)
     result = train(cfg, tracker=tracker, workdir=tmp_path / "work", progress=False)
     mlflow.set_tracking_uri(mlflow_server)
     frame = mlflow.search_runs(experiment_names=["server-test"])
@@ -340,14 +330,7 @@ def test_a_run_logged_through_an_mlflow_server_reads_back_complete(
 def test_compiled_training_matches_the_eager_record_format(tmp_path: Path) -> None:
     # torch.compile on CPU builds C++ kernels (a minute or more): slow, so outside the default run
     tracker = Tracker("compiled", workdir=tmp_path)
-    cfg = TrainConfig.from_dict(
-        {
-            "model": "unet_bn",
-            "dataset": "isbi2012",
-            "overrides": {"base_channels": 4},
-            **{**TINY, "compile": True},
-        }
-    )
+    cfg = _tiny_bn(compile=True)
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     run = tracker.client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["cfg.compile"] == "True"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -108,13 +109,13 @@ def predict_logits(
         model.train(was_training)
 
 
-def _predict_padded(run: object, model: SegmentationModel, x: Tensor) -> Tensor:
+def _predict_padded(run: Callable[[Tensor], Tensor], model: SegmentationModel, x: Tensor) -> Tensor:
     h, w = x.shape[-2:]
     ph = h if model.is_valid_input_size(h) else _next_valid(model, h)
     pw = w if model.is_valid_input_size(w) else _next_valid(model, w)
     top, left = (ph - h) // 2, (pw - w) // 2
     padded = mirror_pad(x, top, ph - h - top, left, pw - w - left)
-    out = run(padded)  # type: ignore[operator]
+    out = run(padded)
     return out[..., top : top + h, left : left + w].cpu()
 
 
@@ -127,7 +128,7 @@ def _next_valid(model: SegmentationModel, n: int) -> int:
 
 
 def _predict_tiled(
-    run: object, model: SegmentationModel, x: Tensor, tile: int | None, batch_size: int
+    run: Callable[[Tensor], Tensor], model: SegmentationModel, x: Tensor, tile: int | None, batch_size: int
 ) -> Tensor:
     h, w = x.shape[-2:]
     tin_y, sy, off_y, ny = tile_plan(model, h, tile)
@@ -140,7 +141,7 @@ def _predict_tiled(
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         tiles = torch.cat([padded[..., y : y + tin_y, x0 : x0 + tin_x] for y, x0 in chunk])
-        logits = run(tiles).cpu()  # type: ignore[operator]
+        logits = run(tiles).cpu()
         for k, (y, x0) in enumerate(chunk):
             out[0, :, y : y + sy, x0 : x0 + sx] = logits[k, :, :sy, :sx]
     return out[..., :h, :w]
