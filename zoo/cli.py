@@ -183,6 +183,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     uri = tracker.uri
     print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")
     print(f"      browse with: mlflow ui --backend-store-uri {uri}")
+    if any(hasattr(o, "run_id") for _, o in outcomes):
+        from zoo.report import build, write_report
+
+        out = Path(args.report_out or Path(args.workdir) / "reports" / tracker.experiment)
+        board = build(tracker.experiment, uri)
+        paths = write_report(board, out, experiment=tracker.experiment, tracking_uri=uri)
+        print(
+            f"leaderboard: {paths['html']} (also {paths['md'].name}, {paths['csv'].name}); "
+            f"regenerate with: unet-zoo report --experiment {tracker.experiment} --workdir {args.workdir}"
+        )
     return 1 if any(not hasattr(o, "run_id") for _, o in outcomes) else 0
 
 
@@ -258,6 +268,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from zoo.harness.tracking import default_tracking_uri
+    from zoo.report import build, write_report
+
+    uri = default_tracking_uri(args.workdir)
+    board = build(args.experiment, uri)
+    for line in board.excluded:
+        print(f"left out: {line}")
+    paths = write_report(board, args.out, experiment=args.experiment, tracking_uri=uri)
+    print(f"{len(board.runs)} runs, {len(board.table)} leaderboard rows from {uri}")
+    for kind, path in paths.items():
+        print(f"  {kind:18s} {path}")
+    return 0
+
+
 def _size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as ISBI)")
     p.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
@@ -328,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
     p.add_argument("--datasets", nargs="+", default=None)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
+    p.add_argument(
+        "--report-out", default=None, help="leaderboard folder (default: WORKDIR/reports/EXPERIMENT)"
+    )
     run_options(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -340,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     run_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("report", help="leaderboard (Markdown, CSV, HTML, plots) from an experiment's runs")
+    p.add_argument(
+        "--experiment", default="suite-default", help="MLflow experiment (default: the main job's)"
+    )
+    p.add_argument("--out", default="reports", help="output folder (default: reports/)")
+    p.add_argument("--workdir", default="runs", help="where the default SQLite store is")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation split")
     p.add_argument("run_dir")

@@ -1,0 +1,104 @@
+"""The leaderboard: MLflow runs -> pandas -> aggregated over seeds, ranked per dataset.
+
+Only finished runs with every quality and cost figure count; every other run is left out with a line
+saying which and why. Quality metrics follow ``zoo.metrics`` (per image, then mean over images).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from zoo.harness.tracking import COST_KEYS, QUALITY_KEYS
+
+__all__ = ["Leaderboard", "aggregate", "load_runs", "pareto_front"]
+
+REQUIRED = ("dice", "iou", "pixel_error", *COST_KEYS)
+GROUP = ["dataset", "model", "overrides"]
+
+
+@dataclass
+class Leaderboard:
+    runs: pd.DataFrame
+    """One row per included run: model, overrides, dataset, seed, device, dtype, metrics, run_id."""
+    table: pd.DataFrame
+    """One row per (dataset, model, overrides): n, mean and std of each metric, rank, run ids."""
+    excluded: list[str] = field(default_factory=list)
+
+
+def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
+    """Finished, complete child runs of ``experiment`` and a line for each run left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments())
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
+    rows, excluded = [], []
+    for run in client.search_runs([exp.experiment_id], "tags.`zoo.kind` = 'run'", max_results=50_000):
+        name = run.info.run_name or run.info.run_id
+        if run.info.status != "FINISHED":
+            excluded.append(f"{name} ({run.info.run_id[:8]}): status {run.info.status}, not FINISHED")
+            continue
+        missing = [k for k in REQUIRED if k not in run.data.metrics]
+        if missing:
+            excluded.append(f"{name} ({run.info.run_id[:8]}): incomplete, missing {', '.join(missing)}")
+            continue
+        p = run.data.params
+        overrides = json.loads(p.get("cfg.overrides", "{}") or "{}")
+        rows.append(
+            {
+                "dataset": p.get("cfg.dataset", "?"),
+                "model": p.get("cfg.model", "?"),
+                "overrides": ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "-",
+                "seed": int(p.get("cfg.seed", 0)),
+                "device": run.data.tags.get("device_name", p.get("device", "?")),
+                "dtype": p.get("dtype", "?"),
+                "cost_size": p.get("cost_size", "?"),
+                "cost_batch": p.get("cost_batch", "?"),
+                "run_id": run.info.run_id,
+                **{k: run.data.metrics.get(k) for k in (*QUALITY_KEYS, *COST_KEYS)},
+            }
+        )
+    return pd.DataFrame(rows), excluded
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (ddof 1; 0 for a single seed) and n per (dataset, model, overrides),
+    ranked by mean Dice within each dataset (1 = best)."""
+    metrics = [k for k in (*QUALITY_KEYS, *COST_KEYS) if k in runs.columns and runs[k].notna().any()]
+    grouped = runs.groupby(GROUP, sort=False)
+    table = grouped.size().rename("n").to_frame()
+    for m in metrics:
+        table[f"{m}_mean"] = grouped[m].mean()
+        table[f"{m}_std"] = grouped[m].std(ddof=1).fillna(0.0)
+    for col in ("device", "dtype", "cost_size", "cost_batch"):
+        table[col] = grouped[col].agg(lambda s: ",".join(sorted(set(map(str, s)))))
+    table["run_ids"] = grouped["run_id"].agg(lambda s: ",".join(sorted(s)))
+    table = table.reset_index()
+    table["rank"] = table.groupby("dataset")["dice_mean"].rank(ascending=False, method="min").astype(int)
+    return table.sort_values(["dataset", "rank", "model"]).reset_index(drop=True)
+
+
+def pareto_front(quality: pd.Series, speed: pd.Series) -> pd.Series:
+    """True where no other entry is at least as good on both axes and better on one."""
+    q, s = quality.to_numpy(), speed.to_numpy()
+    flags = [
+        not any((q[j] >= q[i] and s[j] >= s[i]) and (q[j] > q[i] or s[j] > s[i]) for j in range(len(q)))
+        for i in range(len(q))
+    ]
+    return pd.Series(flags, index=quality.index)
+
+
+def build(experiment: str, tracking_uri: str) -> Leaderboard:
+    runs, excluded = load_runs(experiment, tracking_uri)
+    if runs.empty:
+        raise ValueError(f"experiment {experiment!r} has no finished, complete runs; left out: {excluded}")
+    table = aggregate(runs)
+    table["pareto"] = False
+    for _, part in table.groupby("dataset"):
+        table.loc[part.index, "pareto"] = pareto_front(part["dice_mean"], part["infer_images_per_s_mean"])
+    return Leaderboard(runs, table, excluded)
