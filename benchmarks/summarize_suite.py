@@ -1,9 +1,10 @@
-"""Export a suite's finished runs from MLflow to CSV and print them aggregated over seeds (Markdown).
+"""Export a suite's included runs from MLflow to one CSV row per run, for tracing quoted numbers.
 
     python benchmarks/summarize_suite.py --experiment suite-cpu [--workdir runs]
 
-Writes ``benchmarks/results/<experiment>-runs-<machine>.csv`` (one row per run: model, dataset, seed,
-quality, cost, run id) so the numbers quoted in notes and README can be traced to their runs.
+Writes ``benchmarks/results/<experiment>-runs-<machine>.csv`` (model, overrides, dataset, seed, device,
+dtype, cost conditions, quality and cost metrics, run id). Which runs count, and the aggregated
+leaderboard, come from ``zoo.report`` (``unet-zoo report``).
 """
 
 from __future__ import annotations
@@ -12,21 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import mlflow
-import pandas as pd
-
 from zoo.harness.tracking import default_tracking_uri
 from zoo.machine import machine_slug
-
-QUALITY = ["dice", "iou", "pixel_error", "rand_error"]
-COST = ["params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb"]
-
-
-def markdown(table: pd.DataFrame) -> str:
-    header = [table.index.name or "", *map(str, table.columns)]
-    rows = [[str(i), *map(str, r)] for i, r in zip(table.index, table.itertuples(index=False), strict=True)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+from zoo.report import load_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,45 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
-    mlflow.set_tracking_uri(default_tracking_uri(args.workdir))
-    frame = mlflow.search_runs(experiment_names=[args.experiment], filter_string="tags.`zoo.kind` = 'run'")
-    finished = frame[frame["status"] == "FINISHED"]
-    if len(finished) < len(frame):
-        print(f"left out {len(frame) - len(finished)} run(s) not FINISHED", file=sys.stderr)
-    cols = {
-        "params.cfg.model": "model",
-        "params.cfg.dataset": "dataset",
-        "params.cfg.seed": "seed",
-        "params.cfg.overrides": "overrides",
-        "params.train_input_size": "crop",
-        "params.dtype": "dtype",
-        "params.cost_batch": "cost_batch",
-        "params.cost_size": "cost_size",
-        "run_id": "run_id",
-    }
-    cols.update({f"metrics.{k}": k for k in [*QUALITY, *COST, "best_epoch"]})
-    runs = finished[[c for c in cols if c in finished.columns]].rename(columns=cols)
+    runs, excluded = load_runs(args.experiment, default_tracking_uri(args.workdir))
+    for line in excluded:
+        print(f"left out: {line}", file=sys.stderr)
     runs = runs.sort_values(["dataset", "model", "seed"])
     out = Path(args.out) / f"{args.experiment}-runs-{machine_slug()}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out, index=False, float_format="%.6g")
-    print(f"written {out} ({len(runs)} runs)\n")
-    metrics = [m for m in [*QUALITY, "train_images_per_s", "infer_images_per_s"] if m in runs.columns]
-    for dataset, part in runs.groupby("dataset"):
-        grouped = part.groupby("model")
-        table = pd.DataFrame({"n": grouped.size()})
-        for m in metrics:
-            if part[m].notna().any():
-                mean, std = grouped[m].mean(), grouped[m].std(ddof=1)
-                table[m] = [
-                    f"{a:.4f} ± {b:.4f}" if m in QUALITY else f"{a:.1f} ± {b:.1f}"
-                    for a, b in zip(mean, std.fillna(0), strict=True)
-                ]
-        table["params (M)"] = (grouped["params"].first() / 1e6).map("{:.2f}".format)
-        table = table.sort_values("dice", ascending=False)
-        print(f"### {dataset}\n")
-        print(markdown(table))
-        print()
+    print(f"written {out} ({len(runs)} runs)")
     return 0
 
 
