@@ -220,15 +220,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
     from safetensors.torch import load_file
 
     from zoo.harness.config import TrainConfig
     from zoo.harness.data import build_data
     from zoo.harness.evaluate import evaluate
-    from zoo.harness.training import resolve_amp, resolve_device
-    from zoo.models.base import SegmentationModel
-    from zoo.registry import create_model
+    from zoo.harness.training import prepare_model, resolve_device
 
     run_dir = Path(args.run_dir)
     config = run_dir / "config.json"
@@ -239,16 +236,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.data_root = args.data_root
     data = build_data(cfg, args.workdir)
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
-    model = create_model(
-        cfg.model, in_channels=data.dataset.in_channels, num_classes=data.dataset.num_classes, **cfg.overrides
-    )
-    assert isinstance(model, SegmentationModel)
-    model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, amp, channels_last = prepare_model(cfg, data.dataset.in_channels, data.dataset.num_classes, device)
+    model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
     metrics = evaluate(
         model,
         data.dataset,

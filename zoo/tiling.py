@@ -111,20 +111,11 @@ def predict_logits(
 
 def _predict_padded(run: Callable[[Tensor], Tensor], model: SegmentationModel, x: Tensor) -> Tensor:
     h, w = x.shape[-2:]
-    ph = h if model.is_valid_input_size(h) else _next_valid(model, h)
-    pw = w if model.is_valid_input_size(w) else _next_valid(model, w)
+    ph, pw = model.next_valid_input_size(h), model.next_valid_input_size(w)
     top, left = (ph - h) // 2, (pw - w) // 2
     padded = mirror_pad(x, top, ph - h - top, left, pw - w - left)
     out = run(padded)
     return out[..., top : top + h, left : left + w].cpu()
-
-
-def _next_valid(model: SegmentationModel, n: int) -> int:
-    return next(
-        m
-        for m in range(max(n, model.min_input_size), n + model.input_multiple + model.min_input_size + 1)
-        if model.is_valid_input_size(m)
-    )
 
 
 def _predict_tiled(

@@ -8,6 +8,7 @@ import copy
 import re
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -53,14 +54,14 @@ class PeakMemory:
                 self.peak_mb = int(m.group(1)) / 1024
 
 
-def _timed(fn: object, device: torch.device, warmup: int, iters: int) -> list[float]:
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> list[float]:
     for _ in range(warmup):
-        fn()  # type: ignore[operator]
+        fn()
     times = []
     for _ in range(iters):
         _sync(device)
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         _sync(device)
         times.append(time.perf_counter() - start)
     return times

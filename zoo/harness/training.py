@@ -40,7 +40,7 @@ from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
 
-__all__ = ["NonFiniteLossError", "RunResult", "resolve_amp", "resolve_device", "train"]
+__all__ = ["NonFiniteLossError", "RunResult", "prepare_model", "resolve_amp", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,22 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or supported:
         return torch.bfloat16
     return None
+
+
+def prepare_model(
+    cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device
+) -> tuple[SegmentationModel, torch.dtype | None, bool]:
+    """The run's model on its device, with its autocast dtype and memory format (training and evaluation
+    alike): channels-last defaults to on wherever autocast is on."""
+    amp = resolve_amp(cfg.amp, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
+    model = create_model(cfg.model, in_channels=in_channels, num_classes=num_classes, **cfg.overrides)
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"{cfg.model}: the harness needs a zoo SegmentationModel, got {type(model).__name__}")
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, amp, channels_last
 
 
 def _seed(seed: int, epoch: int) -> int:
@@ -187,8 +203,6 @@ def train(
         tracker.resume_run(run_id)
     assert cfg is not None
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -198,11 +212,7 @@ def train(
 
     data = build_data(cfg, workdir)
     ds, split = data.dataset, data.split
-    model = create_model(cfg.model, in_channels=ds.in_channels, num_classes=ds.num_classes, **cfg.overrides)
-    assert isinstance(model, SegmentationModel)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, amp, channels_last = prepare_model(cfg, ds.in_channels, ds.num_classes, device)
     crop = model.nearest_valid_input_size(cfg.crop)
     out_size = model.output_size(crop)
     opt = _optimizer(cfg, model)

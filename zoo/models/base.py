@@ -67,16 +67,21 @@ class SegmentationModel(nn.Module):
     def is_valid_input_size(self, n: int) -> bool:
         return self._output_length(n) is not None
 
-    def nearest_valid_input_size(self, n: int) -> int:
-        """The accepted length closest to ``n``; on a tie the larger one (padding loses nothing)."""
+    def next_valid_input_size(self, n: int) -> int:
+        """The smallest accepted length that is at least ``n``."""
         if n <= self.min_input_size:
             return self.min_input_size
         for d in range(self.input_multiple + 1):
             if self.is_valid_input_size(n + d):
-                up = n + d
-                break
-        else:  # the contract promised periodicity; say so rather than loop forever
-            raise RuntimeError(f"{type(self).__name__}: no valid size found above {n}")
+                return n + d
+        # the contract promised periodicity; say so rather than loop forever
+        raise RuntimeError(f"{type(self).__name__}: no valid size found above {n}")
+
+    def nearest_valid_input_size(self, n: int) -> int:
+        """The accepted length closest to ``n``; on a tie the larger one (padding loses nothing)."""
+        up = self.next_valid_input_size(n)
+        if up == n or n <= self.min_input_size:
+            return up
         down = next((n - d for d in range(up - n) if self.is_valid_input_size(n - d)), None)
         return down if down is not None and n - down < up - n else up
 
