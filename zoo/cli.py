@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.registry import UnknownModelError, list_models, model_info
+from zoo.weights import WeightsError
 
 if TYPE_CHECKING:
     from zoo.harness.tracking import Tracker
 
 __all__ = ["main"]
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 FLOPS_NOTE = "GFLOPs: one image at the stated input size, 2 FLOPs per multiply-add (convolutions, matmuls)"
 
 
@@ -272,6 +275,120 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights_list(args: argparse.Namespace) -> int:
+    from zoo.weights import cache_dir, list_weights
+
+    rows = []
+    for e in list_weights(args.pattern):
+        where = "packaged" if e.packaged else ("cached" if (cache_dir() / e.file).is_file() else "url")
+        dice = f"{e.metrics['dice']:.4f}" if "dice" in e.metrics else "-"
+        rows.append(
+            [
+                e.name + (" *" if e.default else ""),
+                e.dataset,
+                dice,
+                f"{e.params / 1e6:.2f}",
+                f"{e.size / 1e6:.1f}",
+                where,
+            ]
+        )
+    if not rows:
+        print(f"no weights match {args.pattern!r}")
+        return 1
+    print(_table(rows, ["weights", "dataset", "val dice", "params (M)", "MB", "source"], {2, 3, 4}))
+    print("* the model's default (pretrained=True); Dice on the validation split named in the manifest")
+    return 0
+
+
+def _cmd_weights_download(args: argparse.Namespace) -> int:
+    from zoo.weights import fetch, find_weights, list_weights
+
+    entries = list_weights() if args.all else []
+    for name in args.names:
+        model, dot, tag = name.partition(".")
+        if not (dot and _NAME.fullmatch(model) and _NAME.fullmatch(tag)):
+            raise ValueError(
+                f"{name!r}: give weights as MODEL.TAG, letters, digits, '_' and '-' "
+                "(see `unet-zoo weights list`)"
+            )
+        entries.append(find_weights(model, tag))
+    if not entries:
+        raise ValueError("name weights to download (MODEL.TAG ...) or pass --all")
+    for e in entries:
+        path = fetch(e, mirror=args.mirror, timeout=args.timeout, progress=True)
+        print(f"{e.name}: {path} (sha256 verified)")
+    return 0
+
+
+def _cmd_weights_verify(args: argparse.Namespace) -> int:
+    from zoo.harness.publish import DataUnavailableError, reproduce_metrics
+    from zoo.weights import WeightsError, cache_dir, fetch, list_weights, load_manifest
+
+    entries = load_manifest([args.manifest]) if args.manifest else list_weights(args.pattern)
+    bad = 0
+    for e in entries:
+        if not e.packaged and not (cache_dir() / e.file).is_file():
+            print(f"{e.name}: not downloaded (`unet-zoo weights download {e.name}`)")
+            continue
+        try:
+            fetch(e, offline=True)
+        except WeightsError as err:
+            print(f"{e.name}: BAD: {err}")
+            bad += 1
+            continue
+        line = f"{e.name}: ok (size, sha256)"
+        if args.data_root:
+            try:
+                got = reproduce_metrics(e, args.data_root)
+            except DataUnavailableError as err:
+                line += f"; metrics not checked: {err}"
+            else:
+                diffs = {k: got[k] - v for k, v in e.metrics.items() if k in got}
+                worst = max(abs(d) for d in diffs.values())
+                line += "; metrics " + ", ".join(f"{k} {got[k]:.4f} ({d:+.1e})" for k, d in diffs.items())
+                if worst > args.tolerance:
+                    line += f" DIFFER by more than {args.tolerance}"
+                    bad += 1
+        print(line)
+    return 1 if bad else 0
+
+
+def _cmd_weights_publish(args: argparse.Namespace) -> int:
+    from zoo.harness.publish import publish_run
+    from zoo.harness.tracking import default_tracking_uri
+
+    entry = publish_run(
+        args.run_id,
+        tracking_uri=default_tracking_uri(args.workdir),
+        out_dir=args.out,
+        tag=args.tag,
+        manifest=args.manifest,
+        url_base=args.url_base,
+        default=args.default,
+        notes=args.notes or "",
+        overwrite=args.overwrite,
+    )
+    print(f"{entry.name}: {Path(args.out) / entry.file} ({entry.size} bytes, sha256 {entry.sha256})")
+    print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.metrics.items()))
+    return 0
+
+
+def _cmd_weights_import(args: argparse.Namespace) -> int:
+    from zoo.interop import import_checkpoint
+    from zoo.weights import save_weights
+
+    model = import_checkpoint(args.source)
+    meta = {"imported_from": str(args.source)}
+    if getattr(model, "mask_values", None) is not None:
+        meta["mask_values"] = model.mask_values  # type: ignore[assignment]
+    save_weights(model, args.out, meta)
+    print(
+        f"{args.source} -> {args.out} ({model.model_name}; use it as "
+        f"--model {model.model_name} --weights {args.out})"
+    )
+    return 0
+
+
 def _size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as ISBI)")
     p.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
@@ -371,6 +488,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--workdir", default="runs", help="where synthetic twins are (for runs on synthetic data)")
     p.set_defaults(func=_cmd_evaluate)
+
+    weights = sub.add_parser("weights", help="pretrained weights: list, download, verify, publish, import")
+    wsub = weights.add_subparsers(dest="weights_command", required=True)
+    p = wsub.add_parser("list", help="weights in the manifest (shipped + UNET_ZOO_MANIFEST)")
+    p.add_argument("pattern", nargs="?", default="*", help="shell wildcard on MODEL.TAG")
+    p.set_defaults(func=_cmd_weights_list)
+    p = wsub.add_parser("download", help="fetch weights into the cache (UNET_ZOO_HOME), verified by sha256")
+    p.add_argument("names", nargs="*", metavar="MODEL.TAG")
+    p.add_argument("--all", action="store_true", help="every entry of the manifest")
+    p.add_argument("--mirror", default=None, help="URL or folder standing in for the source host")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence before giving up")
+    p.set_defaults(func=_cmd_weights_download)
+    p = wsub.add_parser("verify", help="check shipped and cached files (size, sha256); exit 1 on a bad one")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--manifest", default=None, help="check this manifest's entries instead")
+    p.add_argument(
+        "--data-root", default=None, help="also re-measure each entry's metrics on the data it names"
+    )
+    p.add_argument("--tolerance", type=float, default=2e-3, help="allowed metric difference (default 0.002)")
+    p.set_defaults(func=_cmd_weights_verify)
+    p = wsub.add_parser("publish", help="a harness run's best weights -> file + manifest entry")
+    p.add_argument("run_id", help="MLflow run id (or a unique prefix of at least 8 characters)")
+    p.add_argument("--out", default="published", help="folder for the file (default: published/)")
+    p.add_argument("--tag", default=None, help="default: DATASET-SUITE-sSEED")
+    p.add_argument("--manifest", default=None, help="manifest to add to (default: OUT/manifest.json)")
+    p.add_argument("--url-base", default=None, help="where the file will be served; default: packaged")
+    p.add_argument("--default", action="store_true", help="make it the model's default weights")
+    p.add_argument("--notes", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
+    p.add_argument("--workdir", default="runs", help="where the default SQLite store is")
+    p.set_defaults(func=_cmd_weights_publish)
+    p = wsub.add_parser("import", help="convert a milesial/Pytorch-UNet .pth or an smp folder to a zoo file")
+    p.add_argument("source", help="milesial checkpoint file, or smp save_pretrained folder")
+    p.add_argument("out", help="output .safetensors file")
+    p.set_defaults(func=_cmd_weights_import)
     return parser
 
 
@@ -381,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except (UnknownModelError, ValueError, TypeError, OSError) as err:
+    except (UnknownModelError, ValueError, TypeError, OSError, WeightsError) as err:
         print(f"unet-zoo: error: {err}", file=sys.stderr)
         return 2
 

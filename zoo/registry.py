@@ -17,6 +17,7 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import torch
@@ -208,22 +209,43 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
     return model
 
 
-def create_model(name: str, *, in_channels: int, num_classes: int, **overrides: Any) -> nn.Module:
-    """Build a registered model.
+def create_model(
+    name: str,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model, optionally with verified pretrained weights.
 
     Args:
         name: a name from :func:`list_models`.
-        in_channels: channels of the input image (1 for ISBI EM slices, 3 for Carvana photos).
+        in_channels: channels of the input image (1 for ISBI EM slices, 3 for Carvana photos); required
+            unless weights are loaded, which bring their own.
         num_classes: output channels; the model returns logits of shape ``(B, num_classes, H', W')``
-            with ``(H', W') == model.output_size((H, W))``.
-        **overrides: recipe changes such as ``base_channels=32`` or ``norm="group"``.
+            with ``(H', W') == model.output_size((H, W))``. Required unless weights are loaded.
+        weights: a tag of ``name`` in the weights manifest (``unet-zoo weights list``) or a path to a
+            unet-zoo ``.safetensors`` file; the file is verified (size, sha256) before it is loaded.
+        pretrained: load the model's default weights (same as ``weights`` set to its default tag).
+        **overrides: recipe changes such as ``base_channels=32`` or ``norm="group"``; with weights they
+            must equal the weights' own arguments.
 
     Raises:
         UnknownModelError: unknown name (with the closest names).
         TypeError: unknown override (with the accepted ones).
+        zoo.weights.WeightsMismatchError: weights that do not fit the name or arguments (with those that do).
     """
+    if weights is not None or pretrained:
+        from zoo.weights import create_pretrained  # imported here: zoo.weights imports this module
+
+        return create_pretrained(name, weights, in_channels=in_channels, num_classes=num_classes, **overrides)
     entry = get_entry(name)
-    return entry.fn(in_channels=in_channels, num_classes=num_classes, **overrides)
+    structural = {
+        k: v for k, v in (("in_channels", in_channels), ("num_classes", num_classes)) if v is not None
+    }
+    return entry.fn(**structural, **overrides)
 
 
 @dataclass(frozen=True)

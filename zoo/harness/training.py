@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -39,6 +38,7 @@ from zoo.harness.tracking import Tracker, git_state
 from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
+from zoo.weights import save_weights
 
 __all__ = ["NonFiniteLossError", "RunResult", "prepare_model", "resolve_amp", "resolve_device", "train"]
 
@@ -156,16 +156,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
     # write then rename: a process killed mid-write leaves the previous checkpoint intact
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_weights(model: SegmentationModel, path: Path, metadata: Mapping[str, Any]) -> None:
-    """Weights as safetensors with the model's name, arguments and the given facts as metadata."""
-    meta = {"model_name": model.model_name, "model_args": json.dumps(model.model_args, sort_keys=True)}
-    meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 

@@ -1,0 +1,1 @@
+"""Weights files shipped with the package and their manifest (see zoo.weights)."""
