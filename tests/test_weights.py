@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import socket
 import threading
@@ -272,6 +273,19 @@ def test_a_bad_download_leaves_nothing_in_the_cache(
     with pytest.raises(error, match=message):
         fetch(entry, cache=tmp_path, timeout=0.5)
     assert _cache_files(tmp_path) == []  # no partial file, no temporary file
+
+
+def test_a_killed_download_leaves_only_a_temporary_file_that_is_later_removed(
+    server: _Server, tmp_path: Path
+) -> None:
+    entry = _entry(PAYLOAD, url=f"{server.base}/good/m.t.safetensors")
+    stale = tmp_path / f".{entry.file}.abc123.part"  # what a SIGKILLed download leaves
+    stale.write_bytes(PAYLOAD[:100])
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / f".{entry.file}.def456.part"  # maybe another process, still downloading
+    fresh.write_bytes(PAYLOAD[:100])
+    assert fetch(entry, cache=tmp_path).read_bytes() == PAYLOAD
+    assert _cache_files(tmp_path) == sorted([fresh.name, entry.file])
 
 
 def test_a_refused_connection_is_a_clear_error(tmp_path: Path) -> None:

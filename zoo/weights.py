@@ -20,6 +20,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -387,8 +388,20 @@ def fetch(
     mirror = mirror if mirror is not None else os.environ.get("UNET_ZOO_MIRROR") or None
     source = _source(entry, mirror)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(folder, entry)
     _download(source, target, entry, timeout=timeout, progress=progress)
     return target
+
+
+def _remove_stale_parts(folder: Path, entry: WeightsEntry, max_age_s: float = 3600.0) -> None:
+    # A process killed mid-download leaves its temporary file; it is never used, and once nobody can
+    # still be writing it (an hour without change), it is removed.
+    import time
+
+    for part in folder.glob(f".{entry.file}.*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - part.stat().st_mtime > max_age_s:
+                part.unlink()
 
 
 def _source(entry: WeightsEntry, mirror: str | None) -> str:
