@@ -181,7 +181,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
     print(f"suite {suite.name}: {len(suite.runs)} runs on {source}", flush=True)
     tracker = _tracker(args, f"suite-{suite.name}")
-    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir)
+    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir, jobs=args.jobs)
     _print_results(outcomes)
     uri = tracker.uri
     print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")
@@ -460,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=None)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process, sharing the CPU threads (default 1: in turn)",
+    )
+    p.add_argument(
         "--report-out", default=None, help="leaderboard folder (default: WORKDIR/reports/EXPERIMENT)"
     )
     run_options(p)
@@ -488,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--workdir", default="runs", help="where synthetic twins are (for runs on synthetic data)")
     p.set_defaults(func=_cmd_evaluate)
+
+    from zoo import predict  # the predict subcommand's options live beside its code
+
+    predict.add_parser(sub)
 
     weights = sub.add_parser("weights", help="pretrained weights: list, download, verify, publish, import")
     wsub = weights.add_subparsers(dest="weights_command", required=True)
