@@ -15,13 +15,23 @@ Format::
     resize = [96, 144]
     [model.unet]                  # fields for runs of one model (overrides merge)
     crop = 188
+
+``run_suite(..., jobs=N)`` (``unet-zoo bench --jobs N``) trains N runs at once in worker processes that
+share the cores and record into the same store and parent run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing
+import os
+import pickle
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +39,12 @@ from typing import Any
 import tomllib
 
 from zoo.harness.config import TrainConfig
+from zoo.harness.data import build_data
 from zoo.harness.tracking import Tracker
-from zoo.harness.training import train
+from zoo.harness.training import RunResult, train
 from zoo.registry import get_entry, list_models
 
-__all__ = ["Suite", "find_suite", "load_suite", "run_suite"]
+__all__ = ["Suite", "WorkerDiedError", "find_suite", "load_suite", "run_suite"]
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +117,17 @@ def load_suite(
 
 
 def run_suite(
-    suite: Suite, *, tracker: Tracker, workdir: str = "runs", progress: bool = True
+    suite: Suite, *, tracker: Tracker, workdir: str = "runs", progress: bool = True, jobs: int = 1
 ) -> list[tuple[str, object]]:
     """Run every config of ``suite`` under one parent MLflow run; a failing run is recorded and skipped.
 
-    Returns ``(run name, RunResult or the exception)`` per run, in order.
+    Args:
+        jobs: runs trained at once, each in its own process (1: one after another, in this process).
+
+    Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
     parent = tracker.start_run(suite.name, tags={"zoo.kind": "suite", "suite": suite.name})
     tracker.log_params(
         parent,
@@ -127,6 +143,9 @@ def run_suite(
     )
     outcomes: list[tuple[str, object]] = []
     try:
+        if jobs > 1:
+            outcomes = _run_parallel(suite, tracker=tracker, workdir=workdir, parent=parent, jobs=jobs)
+            return outcomes
         for k, cfg in enumerate(suite.runs, start=1):
             try:
                 start = time.perf_counter()
@@ -154,3 +173,161 @@ def run_suite(
         failed = any(isinstance(o, Exception) for _, o in outcomes) or len(outcomes) < len(suite.runs)
         tracker.finish(parent, "FAILED" if failed else "FINISHED")
     return outcomes
+
+
+class WorkerDiedError(RuntimeError):
+    """A parallel run's process ended without reporting back (killed, out of memory, a native crash)."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker process needs to train one config into the suite's store, under its parent run."""
+
+    cfg: TrainConfig
+    tracking_uri: str
+    experiment: str
+    workdir: str
+    parent_run_id: str
+    suite: str
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (containers, taskset)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _start_worker(threads: int, log_levels: tuple[tuple[str, int], ...]) -> None:
+    """A worker process's setup: its share of the cores, and the parent's logging levels."""
+    import mlflow  # noqa: F401  (imported first: importing mlflow resets the levels of its loggers)
+    import torch
+
+    logging.basicConfig(format="%(levelname)s %(name)s [worker %(process)d]: %(message)s")
+    for name, level in log_levels:
+        logging.getLogger(name).setLevel(level)
+    torch.set_num_threads(threads)
+
+
+def _train_job(job: _Job) -> RunResult:
+    """Run in a worker process: one run, recorded in the shared store exactly as a sequential one."""
+    tracker = Tracker(job.experiment, workdir=job.workdir, tracking_uri=job.tracking_uri)
+    try:
+        return train(
+            job.cfg,
+            tracker=tracker,
+            workdir=job.workdir,
+            parent_run_id=job.parent_run_id,
+            tags={"suite": job.suite},
+            progress=False,  # bars from several processes would interleave; the parent logs progress
+        )
+    except Exception as err:
+        try:  # the error travels back pickled; one that cannot be rebuilt there would break the worker
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            raise RuntimeError(f"{type(err).__name__}: {err}") from err
+        raise
+
+
+def _prepare_synthetic_twins(runs: Sequence[TrainConfig], workdir: str) -> None:
+    # A twin is written on first use; write each one here, before the workers start, so that they only
+    # read it: two workers writing the same twin at once would each see the other's half-written files.
+    seen = set()
+    for cfg in runs:
+        key = (cfg.dataset, json.dumps(cfg.synthetic, sort_keys=True))
+        if cfg.data_root is None and key not in seen:
+            seen.add(key)
+            try:
+                build_data(cfg, workdir)
+            except Exception as err:  # not fatal to the suite: that run meets the error again and fails
+                log.warning("%s: preparing its synthetic data failed: %s", cfg.run_name, err)
+
+
+def _run_parallel(
+    suite: Suite, *, tracker: Tracker, workdir: str, parent: str, jobs: int
+) -> list[tuple[str, object]]:
+    """Train ``suite.runs`` in ``jobs`` worker processes; outcomes in the suite's order.
+
+    Each worker is a single-process pool of its own (spawned: forking a process that has used torch is
+    unsafe) with one run in flight at a time, so a worker that dies takes only its own run with it: that
+    run is reported, marked FAILED in MLflow from here, and a fresh worker takes the next run.
+    """
+    total = len(suite.runs)
+    workers = max(1, min(jobs, total))
+    cores = _usable_cores()
+    threads = max(1, cores // workers)
+    log.info(
+        "%d runs, %d at a time in worker processes with %d torch thread(s) each (%d cores)",
+        total,
+        workers,
+        threads,
+        cores,
+    )
+    _prepare_synthetic_twins(suite.runs, workdir)
+    levels = tuple((n, logging.getLogger(n).getEffectiveLevel()) for n in ("", "mlflow", "alembic"))
+    context = multiprocessing.get_context("spawn")
+    pools: list[ProcessPoolExecutor | None] = [None] * workers
+    waiting = deque(enumerate(suite.runs))
+    running: dict[Future[RunResult], tuple[int, int, float]] = {}  # future -> (run index, worker, start)
+    results: dict[int, object] = {}
+    try:
+        while waiting or running:
+            busy = {w for _, w, _ in running.values()}
+            for w in range(workers):
+                if w in busy or not waiting:
+                    continue
+                pool = pools[w]
+                if pool is None:
+                    pool = pools[w] = ProcessPoolExecutor(
+                        max_workers=1,
+                        mp_context=context,
+                        initializer=_start_worker,
+                        initargs=(threads, levels),
+                    )
+                k, cfg = waiting.popleft()
+                job = _Job(cfg, tracker.uri, tracker.experiment, workdir, parent, suite.name)
+                running[pool.submit(_train_job, job)] = (k, w, time.perf_counter())
+                log.info("started %s (%d/%d)", cfg.run_name, k + 1, total)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f][0]):
+                k, w, start = running.pop(future)
+                cfg = suite.runs[k]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = pools[w]
+                    assert broken is not None
+                    broken.shutdown()
+                    pools[w] = None  # the next run gets a fresh process
+                    err: Exception = WorkerDiedError(
+                        f"{cfg.run_name}: its worker process died without reporting back (killed, out of "
+                        "memory, or a crash in native code); rerun it alone with `unet-zoo train` to see why"
+                    )
+                    _fail_orphans(tracker, parent, cfg.run_name)
+                    log.error("[%d/%d] %s", len(results) + 1, total, err)
+                    results[k] = err
+                except Exception as err:  # recorded as FAILED in MLflow by train() in the worker
+                    log.error("[%d/%d] %s failed: %s", len(results) + 1, total, cfg.run_name, err)
+                    results[k] = err
+                else:
+                    log.info(
+                        "[%d/%d] %s: dice %.4f in %.0f s",
+                        len(results) + 1,
+                        total,
+                        cfg.run_name,
+                        result.metrics.get("dice", float("nan")),
+                        time.perf_counter() - start,
+                    )
+                    results[k] = result
+    finally:
+        # Interrupted (Ctrl-C reaches the workers too; each marks its run KILLED): let them end cleanly.
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return [(cfg.run_name, results[k]) for k, cfg in enumerate(suite.runs)]
+
+
+def _fail_orphans(tracker: Tracker, parent: str, name: str) -> None:
+    # a killed worker never marked its run; left RUNNING it would look like a run still in progress
+    for run in tracker.child_runs(parent, name=name):
+        if run.info.status == "RUNNING":
+            tracker.finish(run.info.run_id, "FAILED")

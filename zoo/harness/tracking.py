@@ -3,6 +3,12 @@
 Default store: a SQLite file (embedded; nothing to start): ``sqlite:///<workdir>/mlflow.db`` with
 artifacts in ``<workdir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` points it at a server instead.
 
+Several processes may write to one SQLite store (``unet-zoo bench --jobs N``). MLflow waits up to 20 s
+for another writer's lock (``PRAGMA busy_timeout``); a write that still finds the database locked is
+retried with backoff here rather than failing the run. The store's schema is created by the first
+``Tracker`` (MLflow migrates an empty database then); concurrent first uses race, so a parallel suite
+creates its Tracker before starting workers.
+
 Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
   resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format;
@@ -21,19 +27,38 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["METRIC_KEYS", "Tracker", "default_tracking_uri", "git_state"]
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+__all__ = ["METRIC_KEYS", "Tracker", "default_tracking_uri", "git_state", "is_database_locked"]
 
 log = logging.getLogger(__name__)
 
 QUALITY_KEYS = ("dice", "iou", "pixel_error", "rand_error")
 COST_KEYS = ("params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb")
 METRIC_KEYS = (*QUALITY_KEYS, *COST_KEYS, "best_epoch")
+
+# seconds to wait before each retry of a write that found the database locked (after MLflow's own 20 s)
+LOCKED_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+T = TypeVar("T")
+
+
+def is_database_locked(err: BaseException) -> bool:
+    """Whether ``err`` (an MLflow or SQLAlchemy error) comes from SQLite's "database is locked"."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlite3.OperationalError) and "database is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def default_tracking_uri(workdir: str | Path) -> str:
@@ -88,7 +113,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.create_experiment(name, artifact_location=artifacts))
+            return str(self._write(self.client.create_experiment, name, artifact_location=artifacts))
         except MlflowException:  # created meanwhile by a parallel job
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -101,29 +126,37 @@ class Tracker:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self._write(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
         return str(run.info.run_id)
 
+    def child_runs(self, parent_run_id: str, *, name: str | None = None) -> list[Run]:
+        """The runs started under ``parent_run_id`` (those named ``name`` only, if given)."""
+        query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        if name is not None:
+            query += f" and attributes.run_name = '{name}'"
+        return list(self.client.search_runs([self.experiment_id], query, max_results=50_000))
+
     def resume_run(self, run_id: str) -> None:
-        self.client.update_run(run_id, status="RUNNING")
+        self._write(self.client.update_run, run_id, status="RUNNING")
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+            self._write(self.client.log_batch, run_id, params=items[start : start + 100])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._write(self.client.log_batch, run_id, metrics=batch)
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(run_id, key)}
@@ -132,7 +165,24 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path=subdir)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._write(self.client.set_terminated, run_id, status=status)
 
     def run_status(self, run_id: str) -> str:
         return str(self.client.get_run(run_id).info.status)
+
+    def _write(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # A write that fails on a locked database was rolled back whole, so repeating it is safe.
+        for delay in (*LOCKED_RETRY_DELAYS, None):
+            try:
+                return call(*args, **kwargs)
+            except Exception as err:
+                if delay is None or not is_database_locked(err):
+                    raise
+                log.warning(
+                    "%s: the MLflow store %s is locked by another writer; retrying in %.1f s",
+                    getattr(call, "__name__", "write"),
+                    self.uri,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,210 @@
+"""Parallel suites (``run_suite(jobs=N)``, ``unet-zoo bench --jobs N``): worker processes, one store."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy.exc
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+import zoo.harness.tracking as tracking_module
+from zoo.harness import RunResult, Suite, Tracker, TrainConfig, load_suite, run_suite
+from zoo.harness.suites import WorkerDiedError
+from zoo.harness.tracking import QUALITY_KEYS, is_database_locked
+
+JOBS = 2
+
+
+def _good_runs() -> list[TrainConfig]:
+    """unet_bn and unet_bilinear at tiny width, seeds 0 and 1, on the small EM twin (the smoke budget)."""
+    return load_suite("smoke", models="unet_b*", datasets=["isbi2012"], seeds=2).runs
+
+
+class _Unpicklable(Exception):
+    """An error that pickles but cannot be rebuilt from its pickle (a keyword-only argument)."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Sabotage(int):
+    """A ``base_channels`` value that, unpickled in a worker, makes that worker's next run die or raise.
+
+    Spawned workers do not see this process's monkeypatches, so the sabotage travels inside the pickled
+    config and arms itself on arrival, where it stands for the plain number.
+    """
+
+    fate: str
+
+    def __new__(cls, value: int, fate: str) -> _Sabotage:
+        obj = super().__new__(cls, value)
+        obj.fate = fate
+        return obj
+
+    def __reduce__(self) -> tuple[Any, tuple[int, str]]:
+        return _arm, (int(self), self.fate)
+
+
+def _arm(value: int, fate: str) -> int:
+    import zoo.harness.training as training
+
+    real = training.augment_batch
+
+    def sabotaged(*args: Any, **kwargs: Any) -> Any:  # called first inside the training loop
+        training.augment_batch = real  # one run only: the worker goes on to train later runs
+        if fate == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise _Unpicklable("sabotaged in the worker", code=3)
+
+    training.augment_batch = sabotaged
+    return value
+
+
+def _sabotaged(fate: str, seed: int) -> TrainConfig:
+    cfg = _good_runs()[0]
+    return TrainConfig.from_dict(
+        {**cfg.to_dict(), "seed": seed, "overrides": {**cfg.overrides, "base_channels": _Sabotage(4, fate)}}
+    )
+
+
+def _children(tracker: Tracker, parent_name: str) -> tuple[Run, list[Run]]:
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == parent_name]
+    return parent, [r for r in runs if r is not parent]
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, str]:
+    """The four good runs through ``unet-zoo bench --jobs 2``, two at a time into one SQLite store."""
+    from zoo.cli import main
+
+    workdir = tmp_path_factory.mktemp("parallel")
+    argv = ["bench", "--suite", "smoke", "--models", "unet_b*", "--datasets", "isbi2012", "--seeds", "2"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*argv, "--workdir", str(workdir), "--jobs", str(JOBS)]) == 0
+    return Tracker("suite-smoke", workdir=workdir), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, object]]:
+    workdir = tmp_path_factory.mktemp("sequential")
+    tracker = Tracker("jobs-test", workdir=workdir)
+    return run_suite(Suite("jobs", "", _good_runs()), tracker=tracker, workdir=str(workdir), progress=False)
+
+
+def test_parallel_runs_are_all_recorded_complete_under_one_parent(parallel: tuple[Tracker, str]) -> None:
+    tracker, printed = parallel
+    names = [c.run_name for c in _good_runs()]
+    table = [words[0] for words in map(str.split, printed.splitlines()) if words and words[0] in names]
+    assert table == names  # the results table keeps the suite's order, whatever finished first
+    parent, children = _children(tracker, "smoke")
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted(names)  # each run once: no duplicates
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for run in children:
+        name = run.info.run_name
+        assert run.info.status == "FINISHED", name
+        assert sorted(m.step for m in tracker.client.get_metric_history(run.info.run_id, "val_dice")) == [0]
+        for key in (*QUALITY_KEYS, "train_images_per_s", "infer_images_per_s", "best_epoch"):
+            assert key in run.data.metrics, (name, key)
+        weights = [a.path for a in tracker.client.list_artifacts(run.info.run_id, "weights")]
+        assert weights == ["weights/best.safetensors"], name
+
+
+def test_parallel_quality_equals_a_sequential_run(
+    parallel: tuple[Tracker, str], sequential: list[tuple[str, object]]
+) -> None:
+    # Seeded crops, augmentation and initialisation make a run's numbers a function of its config; the
+    # process it runs in, its thread count and the runs beside it must not change them.
+    tracker, _ = parallel
+    _, children = _children(tracker, "smoke")
+    recorded = {r.info.run_name: r.data.metrics for r in children}
+    for name, result in sequential:
+        assert isinstance(result, RunResult), result
+        for key in (*QUALITY_KEYS, "best_epoch"):
+            assert recorded[name][key] == result.metrics[key], (name, key)
+
+
+def test_a_killed_worker_and_a_failing_run_are_reported_and_others_unaffected(
+    tmp_path: Path, sequential: list[tuple[str, object]]
+) -> None:
+    good = _good_runs()[0]
+    runs = [_sabotaged("raise", seed=8), _sabotaged("kill", seed=7), good]
+    tracker = Tracker("jobs-test", workdir=tmp_path)
+    outcomes = run_suite(Suite("jobs", "", runs), tracker=tracker, workdir=str(tmp_path), jobs=JOBS)
+    assert [name for name, _ in outcomes] == [c.run_name for c in runs]
+    parent, children = _children(tracker, "jobs")
+    assert parent.info.status == "FAILED"
+    status = {r.info.run_name: r.info.status for r in children}
+    assert len(children) == len(status) == 3
+    raised, killed, finished = (o for _, o in outcomes)
+    # _Unpicklable cannot cross back to the parent, so its type and message come as text
+    assert isinstance(raised, RuntimeError) and str(raised) == "_Unpicklable: sabotaged in the worker"
+    assert status[runs[0].run_name] == "FAILED"  # by train() in the worker
+    assert isinstance(killed, WorkerDiedError) and "worker process died" in str(killed)
+    assert status[runs[1].run_name] == "FAILED"  # by the parent: the worker could not
+    assert isinstance(finished, RunResult) and status[good.run_name] == "FINISHED"
+    assert finished.metrics["dice"] == dict(sequential)[good.run_name].metrics["dice"]  # type: ignore[attr-defined]
+
+
+def test_bench_cli_rejects_a_job_count_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    assert main(["bench", "--suite", "smoke", "--workdir", str(tmp_path), "--jobs", "0"]) == 2
+    assert "jobs=0: the number of runs trained at once must be 1 or more" in capsys.readouterr().err
+
+
+def _locked_error() -> MlflowException:
+    """The error MLflow's SQL store raises when SQLite stays locked past its busy timeout."""
+    try:
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as orig:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, orig) from orig
+    except sqlalchemy.exc.OperationalError as err:
+        locked = MlflowException(str(err), error_code=TEMPORARILY_UNAVAILABLE)
+        locked.__cause__ = err
+        return locked
+
+
+def test_tracker_retries_a_write_that_found_the_database_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = Tracker("locked", workdir=tmp_path)
+    run_id = tracker.start_run("r")
+    real_log_batch = tracker.client.log_batch
+    calls = {"n": 0}
+
+    def flaky_log_batch(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise _locked_error()
+        real_log_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tracking_module, "LOCKED_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(tracker.client, "log_batch", flaky_log_batch)
+    tracker.log_metrics(run_id, {"dice": 0.5}, step=0)
+    assert calls["n"] == 3
+    assert [m.value for m in tracker.client.get_metric_history(run_id, "dice")] == [0.5]  # logged once
+
+    calls["n"] = -10  # locked on every try: after the last retry the error reaches the caller
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracker.log_metrics(run_id, {"dice": 0.6}, step=1)
+    assert calls["n"] == -10 + 4
+
+
+def test_only_sqlite_lock_errors_count_as_locked() -> None:
+    assert is_database_locked(_locked_error())
+    assert not is_database_locked(MlflowException("RESOURCE_ALREADY_EXISTS: experiment 'x' exists"))
+    assert not is_database_locked(sqlite3.OperationalError("no such table: runs"))
