@@ -201,9 +201,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
+    from zoo.harness.distributed import env_rank
     from zoo.harness.training import train
 
-    tracker = _tracker(args, "train")
+    main_rank = env_rank() == 0  # under torchrun only rank 0 records and prints
+    tracker = _tracker(args, "train") if main_rank else None
     if args.resume:
         result = train(None, tracker=tracker, workdir=args.workdir, resume=args.resume)
     else:
@@ -217,8 +219,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             **_key_values(args.set, "--set"),
         }
         result = train(TrainConfig.from_dict(fields), tracker=tracker, workdir=args.workdir)
-    _print_results([(result.run_dir.name, result)])
-    print(f"run folder: {result.run_dir}")
+    if main_rank:
+        _print_results([(result.run_dir.name, result)])
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -471,7 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(p)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("train", help="train one model on one dataset, or resume a killed run")
+    p = sub.add_parser(
+        "train",
+        help="train one model on one dataset, or resume a killed run; data-parallel under "
+        "torchrun --nproc-per-node N -m zoo.cli train ... (--set batch_size is the global batch)",
+    )
     p.add_argument("--model")
     p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"])
     p.add_argument(

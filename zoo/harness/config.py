@@ -24,6 +24,9 @@ class TrainConfig:
         data_root: folder holding the dataset folders (e.g. ``../shared/data``); None: a synthetic twin.
         seed: drives initialisation, crops, augmentation and dropout (splits use ``split_seed``).
         epochs: maximum epochs; ``steps_per_epoch`` optimiser steps each (None: one pass over the crops).
+        batch_size: the global batch: under ``torchrun`` each of the N processes trains on
+            ``batch_size // N`` of its samples (it must divide evenly), so a run draws the same samples
+            and takes the same steps whatever N is.
         crop: training crop side; for valid-convolution models the nearest accepted input size is used and
             the loss is taken on the output window.
         resize: decode size ``[H, W]`` for Carvana (None keeps the stored size).
@@ -36,6 +39,8 @@ class TrainConfig:
         amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
         channels_last: None = with amp on; compile: ``torch.compile`` the model.
         accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
+        sync_bn: under ``torchrun``, BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA
+            only in torch) instead of over each process's slice; no effect in a single process.
         patience: early stopping after this many epochs without a better validation Dice (None: off).
         augment: AugmentConfig fields; device: "auto", "cpu", "cuda" or "cuda:N".
         synthetic: twin generation (count, size) when data_root is None.
@@ -72,6 +77,7 @@ class TrainConfig:
     compile: bool = False
     accumulate: int = 1
     deterministic: bool = False
+    sync_bn: bool = False
     patience: int | None = None
     augment: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"

@@ -5,6 +5,10 @@ channels-last) -> optimiser step; then whole-image validation, MLflow metrics, t
 (safetensors) and a checkpoint (atomic write). A killed run resumes from its last checkpoint into the
 same MLflow run and loses only the unfinished epoch: crops, augmentation and dropout are seeded per
 epoch, so a resumed run continues exactly as an uninterrupted one would.
+
+Under ``torchrun`` the same function trains data-parallel (see :mod:`zoo.harness.distributed`): every
+process draws the same global batch and trains on its slice, the loss is that of the whole global batch,
+and rank 0 alone validates, records to MLflow and writes checkpoints and weights.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from tqdm.auto import tqdm
 from zoo import create_model
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, make_loader
+from zoo.harness import distributed
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
+from zoo.harness.distributed import Distributed, all_reduce_sum, shard
 from zoo.harness.evaluate import evaluate, save_overlay
 from zoo.harness.throughput import measure_cost
 from zoo.harness.tracking import Tracker, git_state
@@ -99,11 +105,19 @@ def prepare_model(
     return model, amp, channels_last
 
 
+_SINGLE = Distributed()  # one process: no collectives
+
+
 def _seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _loss(cfg: TrainConfig, logits: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+def _loss(
+    cfg: TrainConfig, logits: Tensor, target: Tensor, weight: Tensor | None, ctx: Distributed = _SINGLE
+) -> Tensor:
+    """The batch's loss. Data-parallel, its sums are all-reduced first: each rank gets the loss of the
+    global batch (Dice does not split into per-sample terms), and its gradient, with respect to the
+    rank's own samples, stays exact."""
     logits = logits.float()
     total = logits.new_zeros(())
     if "ce" in cfg.loss.split("+"):
@@ -111,13 +125,14 @@ def _loss(cfg: TrainConfig, logits: Tensor, target: Tensor, weight: Tensor | Non
         valid = (target >= 0).float()
         if weight is not None:
             ce = ce * weight
-        total = total + (ce * valid).sum() / valid.sum().clamp(min=1)
+        ce_sum, count = all_reduce_sum((ce * valid).sum(), ctx), all_reduce_sum(valid.sum(), ctx)
+        total = total + ce_sum / count.clamp(min=1)
     if "dice" in cfg.loss.split("+"):
         probs = logits.softmax(1)[:, 1:]
         onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
         valid = (target >= 0).unsqueeze(1).float()
-        inter = (probs * onehot * valid).sum((0, 2, 3))
-        denom = ((probs + onehot) * valid).sum((0, 2, 3))
+        inter = all_reduce_sum((probs * onehot * valid).sum((0, 2, 3)), ctx)
+        denom = all_reduce_sum(((probs + onehot) * valid).sum((0, 2, 3)), ctx)
         total = total + (1 - (2 * inter + 1) / (denom + 1)).mean()
     return total
 
@@ -162,7 +177,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def train(
     cfg: TrainConfig | None,
     *,
-    tracker: Tracker,
+    tracker: Tracker | None,
     workdir: str | Path = "runs",
     parent_run_id: str | None = None,
     resume: str | Path | None = None,
@@ -171,9 +186,13 @@ def train(
 ) -> RunResult:
     """Train and evaluate one (model, dataset, seed) run, recorded in MLflow.
 
+    Under ``torchrun`` every process calls this with the same arguments and gets the same result; the
+    process group is started here (Gloo on CPU, NCCL on ``cuda:LOCAL_RANK``) unless already running.
+
     Args:
         cfg: the run's configuration; None when resuming (the run's saved config is used).
-        tracker: where the run is recorded.
+        tracker: where the run is recorded; may be None on torchrun ranks other than 0, which never
+            record (rank 0 sends them the run id and folder).
         workdir: holds run folders (checkpoints, best weights) and synthetic twins.
         parent_run_id: the suite's parent run.
         resume: a run folder of a run that was killed; training continues from its last checkpoint.
@@ -182,17 +201,58 @@ def train(
     if resume is None and cfg is None:
         raise ValueError("train() needs a config, or resume=RUN_DIR")
     if resume is not None:
-        run_dir = Path(resume)
-        meta_path = run_dir / "run.json"
+        meta_path = Path(resume) / "run.json"
         if not meta_path.is_file():
             raise FileNotFoundError(
                 f"{meta_path}: not a run folder (no run.json); pass the folder a run created"
             )
-        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        run_id = json.loads(meta_path.read_text())["run_id"]
-        tracker.resume_run(run_id)
+        cfg = TrainConfig.from_dict(json.loads((Path(resume) / "config.json").read_text()))
     assert cfg is not None
-    device = resolve_device(cfg.device)
+    with distributed.session(resolve_device(cfg.device)) as (ctx, device):
+        if ctx.is_main and tracker is None:
+            raise ValueError("train() needs a tracker (only torchrun ranks other than 0 may pass None)")
+        return _train(
+            cfg,
+            ctx,
+            device,
+            tracker if ctx.is_main else None,
+            workdir=workdir,
+            parent_run_id=parent_run_id,
+            resume=Path(resume) if resume is not None else None,
+            tags=tags,
+            progress=progress and ctx.is_main,
+        )
+
+
+def _train(
+    cfg: TrainConfig,
+    ctx: Distributed,
+    device: torch.device,
+    rec: Tracker | None,
+    *,
+    workdir: Path,
+    parent_run_id: str | None,
+    resume: Path | None,
+    tags: Mapping[str, str] | None,
+    progress: bool,
+) -> RunResult:
+    # rec: the tracker on rank 0 (and in a single process), None on the other ranks
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch and must split evenly among the "
+            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
+        )
+    sync_bn = cfg.sync_bn and ctx.enabled
+    if sync_bn and device.type != "cuda":
+        raise ValueError(
+            f"sync_bn=True needs CUDA devices: torch's SyncBatchNorm does not run on {device.type}. "
+            "On CPU set sync_bn=false, or use a norm without batch statistics (--override norm=group)"
+        )
+    if resume is not None:
+        run_dir = resume
+        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        if rec is not None:
+            rec.resume_run(run_id)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -203,54 +263,68 @@ def train(
     data = build_data(cfg, workdir)
     ds, split = data.dataset, data.split
     model, amp, channels_last = prepare_model(cfg, ds.in_channels, ds.num_classes, device)
+    if sync_bn:
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
     crop = model.nearest_valid_input_size(cfg.crop)
     out_size = model.output_size(crop)
     opt = _optimizer(cfg, model)
     sched = _schedule(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    step_model: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+    step_model: torch.nn.Module = model
+    if ctx.enabled:
+        # averages the gradients over ranks; the weights stay those of `model` (same state-dict keys)
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
 
     start_epoch, best, best_epoch, bad_epochs, best_metrics = 0, -1.0, -1, 0, {}
     best_state: dict[str, Tensor] = {}
     if resume is None:
-        run_id = tracker.start_run(
-            cfg.run_name, parent_run_id=parent_run_id, tags={"zoo.kind": "run", **(tags or {})}
-        )
-        run_dir = workdir / tracker.experiment / f"{cfg.run_name}-{run_id[:8]}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
-        (run_dir / "run.json").write_text(
-            json.dumps({"run_id": run_id, "experiment": tracker.experiment}) + "\n"
-        )
-        params = {
-            f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in cfg.to_dict().items()
-        }
-        params.update(split.as_params(ds.names))
-        params.update(
-            {
-                "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
-                "data_source": data.source,
-                "train_input_size": crop,
-                "train_output_size": out_size,
-                "device": str(device),
-                "dtype": str(amp).removeprefix("torch.") if amp else "float32",
-                "memory_format": "channels_last" if channels_last else "contiguous",
-                "train_images": len(split.train),
-                "val_images": len(split.val),
+        run_id, run_dir = "", workdir
+        if rec is not None:
+            run_id = rec.start_run(
+                cfg.run_name, parent_run_id=parent_run_id, tags={"zoo.kind": "run", **(tags or {})}
+            )
+            run_dir = workdir / rec.experiment / f"{cfg.run_name}-{run_id[:8]}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+            (run_dir / "run.json").write_text(
+                json.dumps({"run_id": run_id, "experiment": rec.experiment}) + "\n"
+            )
+            params = {
+                f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v
+                for k, v in cfg.to_dict().items()
             }
-        )
-        tracker.log_params(run_id, params)
-        machine = describe_machine(device)
-        tracker.set_tags(
-            run_id,
-            {
-                **git_state(),
-                "torch_version": torch.__version__,
-                "cuda_version": str(torch.version.cuda),
-                "device_name": machine["device_name"],
-            },
-        )
-        tracker.log_artifact(run_id, run_dir / "config.json", "config")
+            params.update(split.as_params(ds.names))
+            params.update(
+                {
+                    "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
+                    "data_source": data.source,
+                    "train_input_size": crop,
+                    "train_output_size": out_size,
+                    "device": str(device),
+                    "dtype": str(amp).removeprefix("torch.") if amp else "float32",
+                    "memory_format": "channels_last" if channels_last else "contiguous",
+                    "train_images": len(split.train),
+                    "val_images": len(split.val),
+                    "world_size": ctx.world_size,
+                }
+            )
+            rec.log_params(run_id, params)
+            machine = describe_machine(device)
+            rec.set_tags(
+                run_id,
+                {
+                    **git_state(),
+                    "torch_version": torch.__version__,
+                    "cuda_version": str(torch.version.cuda),
+                    "device_name": machine["device_name"],
+                },
+            )
+            rec.log_artifact(run_id, run_dir / "config.json", "config")
+        run_id, run_dir = distributed.broadcast((run_id, run_dir), ctx)
     else:
         ckpt_path = run_dir / "checkpoint.pt"
         if ckpt_path.is_file():
@@ -266,8 +340,8 @@ def train(
                 ckpt["best_model"],
             )
             # killed between the checkpoint and the metrics upload: record that epoch now, exactly once
-            if ckpt["epoch"] not in tracker.logged_steps(run_id, "val_dice"):
-                tracker.log_metrics(run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
+            if rec is not None and ckpt["epoch"] not in rec.logged_steps(run_id, "val_dice"):
+                rec.log_metrics(run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
             log.info("resuming %s at epoch %d", run_id, start_epoch)
 
     try:
@@ -291,7 +365,11 @@ def train(
             t0 = time.perf_counter()
             crops.set_epoch(epoch)
             gen.manual_seed(_seed(cfg.seed, epoch))
-            torch.manual_seed(_seed(cfg.seed, epoch))  # dropout
+            # dropout; each rank its own masks, or all ranks would drop the same units of different samples
+            torch.manual_seed(
+                _seed(_seed(cfg.seed, epoch), ctx.rank) if ctx.enabled else _seed(cfg.seed, epoch)
+            )
+            # every rank draws the same global batches (same crops, same order) and trains on its slice
             loader = make_loader(
                 crops,
                 batch_size=cfg.batch_size,
@@ -314,6 +392,10 @@ def train(
                 image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
                 weight = batch[2].to(device) if len(batch) > 2 else None
                 image, mask, weight = augment_batch(image, mask, weight, config=aug, generator=gen)
+                if ctx.enabled:
+                    # augmented whole, then sliced: each sample gets the augmentation one process would draw
+                    image, mask = shard(image, ctx), shard(mask, ctx)
+                    weight = shard(weight, ctx) if weight is not None else None
                 if channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
                 autocast: AbstractContextManager[object] = (
@@ -322,8 +404,11 @@ def train(
                 with autocast:
                     logits = step_model(image)
                 target = _center(mask, out_size)
-                loss = _loss(cfg, logits, target, _center(weight, out_size) if weight is not None else None)
-                # on CPU the check is free; on a GPU it would sync every step, so look every 8 steps there
+                loss = _loss(
+                    cfg, logits, target, _center(weight, out_size) if weight is not None else None, ctx
+                )
+                # on CPU the check is free; on a GPU it would sync every step, so look every 8 steps there.
+                # The loss is the global batch's, the same on every rank: all ranks stop together.
                 if (device.type == "cpu" or i % 8 == 0) and not torch.isfinite(loss_sum + loss):
                     raise NonFiniteLossError(
                         f"{cfg.run_name}: non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} (lr "
@@ -346,85 +431,100 @@ def train(
             train_seconds = time.perf_counter() - t0
             lr = float(sched.get_last_lr()[0])
             sched.step()
-            val = evaluate(
-                model,
-                ds,
-                split.val,
-                rand=is_isbi,
-                batch_size=cfg.batch_size,
-                autocast_dtype=amp,
-                channels_last=channels_last,
-                max_images=cfg.max_val_images,
-            )
-            metrics: dict[str, float] = {
-                "train_loss": train_loss,
-                "lr": lr,
-                "train_seconds": train_seconds,
-                "train_steps": float(steps),
-                "epoch_seconds": time.perf_counter() - t0,
-            }
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            if val["dice"] > best:
-                best, best_epoch, bad_epochs, best_metrics = val["dice"], epoch, 0, val
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            # The checkpoint is the single record of progress (best weights included): written first and
-            # atomically, so a kill at any point leaves a consistent state to resume from.
-            _atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "best_metrics": best_metrics,
-                    "best_model": best_state,
-                    "epoch_metrics": metrics,
-                },
-                run_dir / "checkpoint.pt",
-            )
-            tracker.log_metrics(run_id, metrics, step=epoch)
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
+            stop = False
+            if rec is not None:  # rank 0 validates and records; the others wait for its verdict below
+                val = evaluate(
+                    model,
+                    ds,
+                    split.val,
+                    rand=is_isbi,
+                    batch_size=cfg.batch_size,
+                    autocast_dtype=amp,
+                    channels_last=channels_last,
+                    max_images=cfg.max_val_images,
+                )
+                metrics: dict[str, float] = {
+                    "train_loss": train_loss,
+                    "lr": lr,
+                    "train_seconds": train_seconds,
+                    "train_steps": float(steps),
+                    "epoch_seconds": time.perf_counter() - t0,
+                }
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+                if val["dice"] > best:
+                    best, best_epoch, bad_epochs, best_metrics = val["dice"], epoch, 0, val
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                # The checkpoint is the single record of progress (best weights included): written first
+                # and atomically, so a kill at any point leaves a consistent state to resume from.
+                _atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "best_metrics": best_metrics,
+                        "best_model": best_state,
+                        "epoch_metrics": metrics,
+                    },
+                    run_dir / "checkpoint.pt",
+                )
+                rec.log_metrics(run_id, metrics, step=epoch)
+                stop = cfg.patience is not None and bad_epochs >= cfg.patience
+                if stop:
+                    log.info("%s: early stop at epoch %d (best %d)", cfg.run_name, epoch, best_epoch)
+            if distributed.broadcast(stop, ctx):
                 stopped_early = True
-                log.info("%s: early stop at epoch %d (best %d)", cfg.run_name, epoch, best_epoch)
                 break
 
-        # final figures: the best epoch's weights, also written as the run's safetensors file
-        model.load_state_dict(best_state)
-        save_weights(
-            model,
-            run_dir / "best.safetensors",
-            {"dataset": cfg.dataset, "epoch": best_epoch, "metrics": best_metrics, "run_id": run_id},
-        )
-        final = {**best_metrics, "best_epoch": float(best_epoch)}
-        cost = measure_cost(
-            model,
-            size=cfg.cost_size or crop,
-            batch=cfg.cost_batch,
-            autocast_dtype=amp,
-            channels_last=channels_last,
-        )
-        tracker.log_metrics(run_id, {**final, **cost}, step=best_epoch)
-        tracker.log_params(
-            run_id,
-            {
-                "cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
-                "cost_batch": cfg.cost_batch,
-                "stopped_early": stopped_early,
-            },
-        )
-        _log_artifacts(tracker, run_id, run_dir, model, ds, split.val, amp, channels_last)
-        tracker.finish(run_id, "FINISHED")
-        return RunResult(run_id, run_dir, {**final, **cost})
+        result: RunResult | None = None
+        if rec is not None:
+            if sync_bn:
+                # SyncBatchNorm in training mode waits for the other ranks, as measure_cost's training
+                # step would: the final figures are taken on a plain copy of the model
+                model = prepare_model(cfg, ds.in_channels, ds.num_classes, device)[0]
+            # final figures: the best epoch's weights, also written as the run's safetensors file
+            model.load_state_dict(best_state)
+            save_weights(
+                model,
+                run_dir / "best.safetensors",
+                {"dataset": cfg.dataset, "epoch": best_epoch, "metrics": best_metrics, "run_id": run_id},
+            )
+            final = {**best_metrics, "best_epoch": float(best_epoch)}
+            cost = measure_cost(
+                model,
+                size=cfg.cost_size or crop,
+                batch=cfg.cost_batch,
+                autocast_dtype=amp,
+                channels_last=channels_last,
+            )
+            rec.log_metrics(run_id, {**final, **cost}, step=best_epoch)
+            rec.log_params(
+                run_id,
+                {
+                    "cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
+                    "cost_batch": cfg.cost_batch,
+                    "stopped_early": stopped_early,
+                },
+            )
+            _log_artifacts(rec, run_id, run_dir, model, ds, split.val, amp, channels_last)
+            rec.finish(run_id, "FINISHED")
+            result = RunResult(run_id, run_dir, {**final, **cost})
+        result = distributed.broadcast(result, ctx)
+        assert result is not None
+        return result
     except KeyboardInterrupt:
-        tracker.finish(run_id, "KILLED")
+        if rec is not None:
+            rec.finish(run_id, "KILLED")
         raise
     except BaseException:
-        tracker.finish(run_id, "FAILED")
+        if rec is not None:
+            rec.finish(run_id, "FAILED")
         raise
 
 
