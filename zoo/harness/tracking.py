@@ -11,7 +11,8 @@ creates its Tracker before starting workers.
 
 Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
-  resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format;
+  resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format,
+  ``world_size`` (processes under torchrun);
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
   ``zoo.kind`` ("suite" or "run");
 - metrics per epoch (step = epoch): ``train_loss``, ``val_dice``, ``val_iou``, ``val_pixel_error``,
