@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from zoo.data import ISBI2012Dataset
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, make_loader
 from zoo.data.synthetic import write_em_twin
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -123,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["pipeline_images_per_s"] / results["train_unet_bn_bf16_channels_last_images_per_s"]  # type: ignore[operator]
     results["pipeline_over_training"] = round(ratio, 2)
     results["pipeline_is_faster"] = ratio > 1
-    out = Path(args.out) / f"data_pipeline-{machine_slug()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("data_pipeline", results, args.out)
     print(f"pipeline / training = {ratio:.1f}x; written {out}")
     return 0 if ratio > 1 else 1
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -57,7 +58,7 @@ from zoo import create_model
 from zoo.cost import count_flops
 from zoo.data import ISBI2012Dataset
 from zoo.harness.config import DATASETS
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 from zoo.metrics import dice_iou_per_image
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
@@ -394,13 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
     paths = [p for p in PATHS if not (p.compile and args.skip_compile)]
 
-    def build_unet() -> SegmentationModel:
+    def build(name: str) -> SegmentationModel:  # same seed, same weights on every path
         torch.manual_seed(0)
-        return create_model("unet", in_channels=1, num_classes=2, base_channels=width)  # type: ignore[return-value]
+        return create_model(name, in_channels=1, num_classes=2, base_channels=width)  # type: ignore[return-value]
 
-    def build_unet_bn() -> SegmentationModel:
-        torch.manual_seed(0)
-        return create_model("unet_bn", in_channels=1, num_classes=2, base_channels=width)  # type: ignore[return-value]
+    build_unet = functools.partial(build, "unet")
+    build_unet_bn = functools.partial(build, "unet_bn")
 
     side = build_unet().nearest_valid_input_size(252) if args.quick else 572
     crop, batch = (64, 2) if args.quick else (args.train_crop, args.train_batch)
@@ -530,10 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "machine": describe_machine(device),
     }
-    name = f"fast_paths{'-quick' if args.quick else ''}-{machine_slug(device)}.json"
-    out = Path(args.out) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results(f"fast_paths{'-quick' if args.quick else ''}", results, args.out, device=device)
     print(json.dumps({k: v["passed"] for k, v in checks.items()}))
     print(f"written {out}")
     return 0 if args.quick or all(v["passed"] is not False for v in checks.values()) else 1

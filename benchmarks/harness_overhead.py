@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from zoo import create_model
 from zoo.harness import Tracker, TrainConfig, train
 from zoo.harness.training import resolve_amp
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 
 
 def bare_seconds_per_step(model_name: str, width: int, crop: int, batch: int, steps: int, amp: str) -> float:
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "machine": describe_machine(),
     }
-    out = Path(args.out) / f"harness_overhead-{machine_slug()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("harness_overhead", results, args.out)
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
     print(f"written {out}")
     return 0 if overhead <= 0.10 else 1

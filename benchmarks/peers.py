@@ -45,7 +45,7 @@ from torch import nn
 
 from zoo import create_model
 from zoo.cost import count_flops, count_parameters
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 
 RESULTS = Path(__file__).parent / "results"
 MIN_RATIO = 1.1
@@ -149,8 +149,8 @@ def measure_pair(
                     fns.append(inference_fn(model.eval(), xin, dtype, device))
             zoo_s, peer_s = alternate(fns[0], fns[1], device, repeats, warmup)
             row: dict[str, Any] = {
-                "zoo_seconds": round(zoo_s, 4),
-                "peer_seconds": round(peer_s, 4),
+                "zoo_seconds": round(zoo_s, 6),
+                "peer_seconds": round(peer_s, 6),
                 "zoo_over_peer_throughput": round(peer_s / zoo_s, 3),
             }
             rows[f"{workload}/{precision}"] = row
@@ -274,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "machine": describe_machine(device),
     }
-    name = f"peers{'-quick' if args.quick else ''}-{machine_slug(device)}.json"
-    out = Path(args.out) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results(f"peers{'-quick' if args.quick else ''}", results, args.out, device=device)
     print(json.dumps(checks))
     print(f"written {out}")
     return 0 if args.quick or all(checks.values()) else 1

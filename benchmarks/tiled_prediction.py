@@ -44,7 +44,7 @@ from zoo import create_model
 from zoo.cost import count_flops
 from zoo.data.io import read_image
 from zoo.data.synthetic import write_car_twin
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 from zoo.models.base import SegmentationModel
 from zoo.tiling import DEFAULT_TILE, mirror_pad, plan_axis, predict_labels
 
@@ -237,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks_bf16": checks,
         "machine": describe_machine(),
     }
-    name = f"tiled_prediction{'-quick' if args.quick else ''}-{machine_slug()}.json"
-    out = Path(args.out) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results(f"tiled_prediction{'-quick' if args.quick else ''}", results, args.out)
     print(json.dumps(checks))
     print(f"written {out}")
     return 0 if args.quick or all(checks.values()) else 1

@@ -9,7 +9,6 @@ writing ``benchmarks/results/twin_difficulty-<machine>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from zoo.data import CarvanaDataset, ISBI2012Dataset, SegmentationDataset, block
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, make_loader
 from zoo.data.synthetic import write_car_twin, write_em_twin
-from zoo.machine import describe_machine, machine_slug
+from zoo.machine import describe_machine, write_results
 
 
 def dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -91,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         split = group_split(car.groups, val_fraction=0.25, seed=0)
         results["carvana_twin"] = train_and_score(car, list(split.train), list(split.val), 128, args.seconds)
         print("carvana twin:", results["carvana_twin"], flush=True)
-    out = Path(args.out) / f"twin_difficulty-{machine_slug()}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("twin_difficulty", results, args.out)
     print(f"written {out}")
     return 0
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["describe_machine", "machine_slug"]
+__all__ = ["describe_machine", "machine_slug", "write_results"]
 
 
 def _cpu_model() -> str:
@@ -45,3 +48,14 @@ def machine_slug(device: torch.device | str = "cpu") -> str:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{_cpu_model()}-{os.cpu_count()}cores"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def write_results(
+    name: str, results: Mapping[str, Any], out_dir: str | Path, *, device: torch.device | str = "cpu"
+) -> Path:
+    """Write a benchmark's results as ``OUT_DIR/<name>-<machine slug>.json`` (results are named after the
+    machine they were measured on) and return the path."""
+    out = Path(out_dir) / f"{name}-{machine_slug(device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return out

@@ -254,7 +254,7 @@ def predict_files(
     Raises:
         ValueError: a model whose input channels or classes predict cannot read or write.
     """
-    from zoo.harness.training import resolve_amp, resolve_device
+    from zoo.harness.training import resolve_amp, resolve_channels_last, resolve_device
 
     if model.in_channels not in (1, 3):
         raise ValueError(
@@ -265,7 +265,7 @@ def predict_files(
         raise ValueError(f"{model.num_classes} classes do not fit 8-bit mask files (at most 256)")
     dev = next(model.parameters()).device if device is None else resolve_device(str(device))
     dtype = resolve_amp(amp, dev)
-    use_channels_last = dtype is not None if channels_last is None else channels_last
+    use_channels_last = resolve_channels_last(channels_last, dtype)
     model.to(dev)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
@@ -283,16 +283,19 @@ def predict_files(
     plan_axis(model, longest, tile=tile, overlap=overlap)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    paths = collect_inputs(inputs, out_dir=out)
-    outcomes = [
-        PredictOutcome(
-            Path(folder),
-            error=f"{folder}: no image files in this folder (predict reads "
-            f"{', '.join(IMAGE_SUFFIXES + STACK_SUFFIXES)})",
-        )
-        for folder in inputs
-        if Path(folder).is_dir() and not collect_inputs([folder], out_dir=out)
-    ]
+    paths: list[Path] = []
+    outcomes: list[PredictOutcome] = []
+    for item in inputs:  # each input expanded once; an empty folder is an error of its own
+        found = collect_inputs([item], out_dir=out)
+        if Path(item).is_dir() and not found:
+            outcomes.append(
+                PredictOutcome(
+                    Path(item),
+                    error=f"{item}: no image files in this folder (predict reads "
+                    f"{', '.join(IMAGE_SUFFIXES + STACK_SUFFIXES)})",
+                )
+            )
+        paths.extend(found)
     for outcome in outcomes:
         log.error("%s", outcome.error)
     input_set = {p.resolve() for p in paths}

@@ -517,29 +517,18 @@ def predict_labels(
     labels only a band of rows is held, never full-size logits. With TTA, the averaged probabilities
     ``(B, K, H, W)`` float32 are held. Options as in :func:`predict_probabilities`.
     """
-    if len(_check_tta(tta)) > 1:
-        probs = predict_probabilities(
-            model,
-            image,
-            tta=tta,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            autocast_dtype=autocast_dtype,
-            channels_last=channels_last,
-        )
-        return labels_from_probabilities(probs)
-    x = _as_batch(image)
-    out: Tensor | None = None
-    bands = iter_logit_bands(
-        model,
-        x,
+    options = dict(
         tile=tile,
         overlap=overlap,
         batch_size=batch_size,
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
     )
+    if len(_check_tta(tta)) > 1:
+        return labels_from_probabilities(predict_probabilities(model, image, tta=tta, **options))  # type: ignore[arg-type]
+    x = _as_batch(image)
+    out: Tensor | None = None
+    bands = iter_logit_bands(model, x, **options)  # type: ignore[arg-type]
     for top, band in bands:
         labels = _argmax_classes(band, 0.0).cpu()  # the labels of the probabilities, without softmax
         if out is None:

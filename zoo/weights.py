@@ -59,6 +59,7 @@ __all__ = [
     "list_weights",
     "load_entry",
     "load_manifest",
+    "model_from_state",
     "read_weights",
     "save_weights",
     "verify_file",
@@ -650,29 +651,48 @@ def build_model_with(entry: WeightsEntry, state: Mapping[str, torch.Tensor], *, 
     Raises:
         WeightsMismatchError: arguments this version of the zoo cannot build, or tensors that do not fit.
     """
+    model = model_from_state(
+        entry.model, entry.model_args, entry.in_channels, entry.num_classes, state, source=source
+    )
+    model.pretrained_weights = entry.name  # type: ignore[assignment]
+    return model
+
+
+def model_from_state(
+    name: str,
+    model_args: Mapping[str, Any],
+    in_channels: int,
+    num_classes: int,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+) -> nn.Module:
+    """``name`` built with recorded (fully resolved) arguments and loaded strictly with ``state``.
+
+    Raises:
+        WeightsMismatchError: arguments this version of the zoo cannot build, or tensors that do not fit.
+    """
     from zoo.registry import accepted_overrides, create_model
 
     # Pass only the arguments that the name lets a user change and that differ from its recipe.
     with torch.device("meta"):
-        probe = create_model(entry.model, in_channels=entry.in_channels, num_classes=entry.num_classes)
+        probe = create_model(name, in_channels=in_channels, num_classes=num_classes)
     accepted = set(accepted_overrides(type(probe)))
     recipe = _normalise(probe.model_args)
-    stored = _normalise(entry.model_args)
+    stored = _normalise(dict(model_args))
     fixed_diff = sorted(k for k, v in stored.items() if k not in accepted and recipe.get(k, v) != v)
     if fixed_diff:
         raise WeightsMismatchError(
-            f"{entry.name}: recorded arguments {fixed_diff} differ from what {entry.model!r} fixes in this "
+            f"{source}: recorded arguments {fixed_diff} differ from what {name!r} fixes in this "
             "version of unet-zoo; the weights belong to an incompatible model definition"
         )
-    build = {k: entry.model_args[k] for k in stored if k in accepted and recipe.get(k) != stored[k]}
-    model = create_model(entry.model, in_channels=entry.in_channels, num_classes=entry.num_classes, **build)
+    build = {k: model_args[k] for k in stored if k in accepted and recipe.get(k) != stored[k]}
+    model = create_model(name, in_channels=in_channels, num_classes=num_classes, **build)
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as err:
-        raise WeightsMismatchError(
-            f"{source}: the tensors do not fit {entry.model} with {_args_text(entry)}: {err}"
-        ) from None
-    model.pretrained_weights = entry.name  # type: ignore[assignment]
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()))
+        raise WeightsMismatchError(f"{source}: the tensors do not fit {name} with {args}: {err}") from None
     return model
 
 

@@ -22,10 +22,10 @@ from zoo.harness.config import DATASETS
 from zoo.harness.tracking import QUALITY_KEYS
 from zoo.weights import (
     WeightsEntry,
-    build_model_with,
     file_sha256,
     load_entry,
     load_manifest,
+    model_from_state,
     read_weights,
     save_weights,
     write_manifest,
@@ -35,7 +35,12 @@ __all__ = ["find_run", "publish_run", "reproduce_metrics"]
 
 log = logging.getLogger(__name__)
 
-_CHANNELS = {"isbi2012": (1, 2), "carvana": (3, 2), "carvana512": (3, 2)}
+# the dataset class of each harness dataset name: its channels and classes, and how to read it
+_DATASET_CLASSES: dict[str, type[SegmentationDataset]] = {
+    "isbi2012": ISBI2012Dataset,
+    "carvana": CarvanaDataset,
+    "carvana512": CarvanaDataset,
+}
 
 
 def find_run(client: Any, run_id: str) -> Any:
@@ -118,14 +123,7 @@ def publish_run(
     model_args = json.loads(meta["model_args"])
     if json.loads(meta.get("metrics", "{}")).get("dice") != quality["dice"]:
         raise ValueError(f"run {name}: the weights artifact's metrics differ from the run's; not publishing")
-    in_ch, classes = _CHANNELS[dataset]
-    entry_args = dict(
-        model=model_name,
-        tag=tag,
-        model_args=model_args,
-        in_channels=in_ch,
-        num_classes=classes,
-    )
+    in_ch, classes = _DATASET_CLASSES[dataset].in_channels, _DATASET_CLASSES[dataset].num_classes
     file_name = f"{model_name}.{tag}.safetensors"
     if any(e.name == f"{model_name}.{tag}" for e in existing) and not overwrite:
         raise ValueError(
@@ -161,22 +159,16 @@ def publish_run(
         "resize": resize,
     }
     # the run's tensors, unchanged, under the zoo's file format with the full metadata
-    probe = WeightsEntry(
-        **entry_args,
-        dataset=dataset,
-        split={},
-        evaluation={},
-        metrics={},
-        params=0,
-        file=file_name,
-        size=0,
-        sha256="0" * 64,
-        url=local,
+    model = model_from_state(
+        model_name, model_args, in_ch, classes, state, source=f"run {name}'s weights artifact"
     )
-    model = build_model_with(probe, state, source=f"run {name}'s weights artifact")
     save_weights(model, target, metadata)
     entry = WeightsEntry(
-        **entry_args,
+        model=model_name,
+        tag=tag,
+        model_args=model_args,
+        in_channels=in_ch,
+        num_classes=classes,
         dataset=dataset,
         split=split,
         evaluation=evaluation,

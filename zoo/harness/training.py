@@ -46,7 +46,15 @@ from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
 from zoo.weights import save_weights
 
-__all__ = ["NonFiniteLossError", "RunResult", "prepare_model", "resolve_amp", "resolve_device", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "RunResult",
+    "prepare_model",
+    "resolve_amp",
+    "resolve_channels_last",
+    "resolve_device",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +97,19 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def resolve_channels_last(requested: bool | None, amp: torch.dtype | None) -> bool:
+    """Channels-last as requested, or (None) wherever autocast is on: oneDNN/cuDNN's fast reduced-precision
+    convolutions want NHWC, and in fp32 eager it is not reliably faster."""
+    return requested if requested is not None else amp is not None
+
+
 def prepare_model(
     cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device
 ) -> tuple[SegmentationModel, torch.dtype | None, bool]:
     """The run's model on its device, with its autocast dtype and memory format (training and evaluation
     alike): channels-last defaults to on wherever autocast is on."""
     amp = resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else amp is not None
+    channels_last = resolve_channels_last(cfg.channels_last, amp)
     model = create_model(cfg.model, in_channels=in_channels, num_classes=num_classes, **cfg.overrides)
     if not isinstance(model, SegmentationModel):
         raise TypeError(f"{cfg.model}: the harness needs a zoo SegmentationModel, got {type(model).__name__}")
