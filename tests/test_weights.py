@@ -96,7 +96,7 @@ def test_pretrained_true_loads_the_default_and_matches_the_file() -> None:
 
 def test_weights_that_do_not_fit_say_what_would() -> None:
     entry = find_weights("unet_bn")
-    with pytest.raises(WeightsMismatchError, match=r"base_channels=32 \(weights: 16\).*isbi2012-cpu-s1"):
+    with pytest.raises(WeightsMismatchError, match=r"base_channels=32 \(weights: 8\).*isbi2012-w8-s0"):
         create_model("unet_bn", weights=entry.tag, base_channels=32)
     with pytest.raises(WeightsMismatchError, match=r"num_classes=3 \(weights: 2\)"):
         create_model("unet_bn", weights=entry.tag, num_classes=3)
@@ -108,7 +108,7 @@ def test_weights_that_do_not_fit_say_what_would() -> None:
     with pytest.raises(WeightsMismatchError, match="no weights with a default tag for model 'unet'"):
         create_model("unet", pretrained=True)
     # asking for the weights' own arguments is fine
-    create_model("unet_bn", weights=entry.tag, base_channels=16, in_channels=1, num_classes=2)
+    create_model("unet_bn", weights=entry.tag, base_channels=8, in_channels=1, num_classes=2)
 
 
 # -- files -----------------------------------------------------------------------------------------
