@@ -19,7 +19,7 @@ so that a disturbed run shows itself.
 Dice change, on a fixed validation set (the ISBI 2012 slices named by the shipped ``unet_bn`` weights,
 evaluated whole through ``zoo.tiling.predict_logits`` as the harness evaluates):
 
-- ``unet_bn``: the shipped pretrained weights (width 16), evaluated under each path's numerics; the
+- ``unet_bn``: the shipped pretrained weights (default tag), evaluated under each path's numerics; the
   change is Dice against the ground truth, minus that in eager fp32. (A step's timing cannot show how a
   path changes what training converges to; this is the change a trained model sees from the path.)
 - ``unet``: no weights are shipped, so a fixed-seed randomly initialised ``unet`` (the paper's init) is
@@ -451,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         def pretrained_unet_bn() -> SegmentationModel:
             return create_model("unet_bn", pretrained=True)  # type: ignore[return-value]
 
+        shipped = find_weights("unet_bn")
         dice = {
             "validation_slices": names,
             "unet": {
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 "paths": dice_rows(build_unet, paths, ds, indices, device),
             },
             "unet_bn": {
-                "weights": f"shipped {find_weights('unet_bn').name} (width 16), eval mode",
+                "weights": f"shipped {shipped.name} (width {shipped.model_args['base_channels']}), eval mode",
                 "paths": dice_rows(pretrained_unet_bn, paths, ds, indices, device),
             },
         }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,198 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) 
     assert ddp_weights.keys() == ref_weights.keys()
     worst = max((ddp_weights[k].double() - ref_weights[k].double()).abs().max().item() for k in ref_weights)
     assert worst < 1e-4, f"largest weight difference {worst:.3g}"
+
+
+# BatchNorm with sync_bn: statistics over the global batch, so 2 ranks normalise as one process would
+BN_SETTINGS: dict[str, object] = {**SETTINGS, "epochs": 3, "steps_per_epoch": 3, "sync_bn": True}
+BN_OVERRIDES = {"base_channels": 4, "norm": "batch"}
+
+
+def _bn_run_args() -> list[str]:
+    return [
+        "--model",
+        "unet_bn",
+        "--dataset",
+        "isbi2012",
+        *(f"--override={k}={json.dumps(v)}" for k, v in BN_OVERRIDES.items()),
+        *(f"--set={k}={json.dumps(v)}" for k, v in BN_SETTINGS.items()),
+    ]
+
+
+def _history(tracker: Tracker, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in tracker.client.get_metric_history(run_id, key)}
+
+
+@pytest.fixture(scope="module")
+def batchnorm_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One process, BatchNorm over the whole global batch (sync_bn has nothing to do there)."""
+    workdir = tmp_path_factory.mktemp("bn-single")
+    config = TrainConfig.from_dict(
+        {"model": "unet_bn", "dataset": "isbi2012", "overrides": BN_OVERRIDES, **BN_SETTINGS}
+    )
+    tracker = Tracker(EXPERIMENT, workdir=workdir)
+    ref = train(config, tracker=tracker, workdir=workdir, progress=False)
+    return {
+        "loss": _history(tracker, ref.run_id, "train_loss"),
+        "dice": _history(tracker, ref.run_id, "val_dice"),
+        "weights": torch.load(ref.run_dir / "checkpoint.pt", weights_only=True)["model"],
+    }
+
+
+def _assert_matches(reference: dict[str, object], tracker: Tracker, run_id: str, run_dir: Path) -> None:
+    assert _history(tracker, run_id, "train_loss") == pytest.approx(reference["loss"], rel=1e-4, abs=1e-6)
+    assert _history(tracker, run_id, "val_dice") == pytest.approx(reference["dice"], abs=1e-4)
+    ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    ref_weights: dict[str, torch.Tensor] = reference["weights"]  # type: ignore[assignment]
+    assert ours.keys() == ref_weights.keys()  # running statistics included
+    diffs = {k: (ours[k].double() - ref_weights[k].double()).abs().max().item() for k in ref_weights}
+    worst = max(diffs, key=diffs.__getitem__)
+    # float32 over 9 AdamW steps: Adam's normalised steps turn rounding in near-zero gradients into
+    # differences up to the learning rate (1e-3); the float64 test below checks the gradients exactly
+    assert diffs[worst] < 1e-3, f"largest weight/statistic difference {diffs[worst]:.3g} ({worst})"
+
+
+def test_sync_bn_two_ranks_match_one_process_batchnorm(
+    tmp_path: Path, batchnorm_reference: dict[str, object]
+) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    workdir = tmp_path / "ddp"
+    done = subprocess.run(
+        _torchrun(workdir, *_bn_run_args()), env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (workdir / EXPERIMENT).iterdir()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    tracker = Tracker(EXPERIMENT, workdir=workdir)
+    assert tracker.run_status(run_id) == "FINISHED"
+    assert tracker.client.get_run(run_id).data.params["cfg.sync_bn"] == "True"
+    _assert_matches(batchnorm_reference, tracker, run_id, run_dir)
+
+
+def test_sync_bn_off_normalises_each_rank_slice_alone(
+    tmp_path: Path, batchnorm_reference: dict[str, object]
+) -> None:
+    # the control: without sync_bn each rank's BatchNorm sees 2 images, not 4, and training differs
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    workdir = tmp_path / "ddp"
+    args = [a for a in _bn_run_args() if not a.startswith("--set=sync_bn=")] + ["--set=sync_bn=false"]
+    done = subprocess.run(_torchrun(workdir, *args), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (workdir / EXPERIMENT).iterdir()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    losses = _history(Tracker(EXPERIMENT, workdir=workdir), run_id, "train_loss")
+    assert losses != pytest.approx(batchnorm_reference["loss"], rel=1e-4, abs=1e-6)
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (torchrun's workers), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's workers through /proc")
+def test_killed_torchrun_run_resumes_into_the_same_run(
+    tmp_path: Path, batchnorm_reference: dict[str, object]
+) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    workdir = tmp_path / "ddp"
+    proc = subprocess.Popen(
+        _torchrun(workdir, *_bn_run_args()),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    runs_root = workdir / EXPERIMENT
+    deadline = time.monotonic() + 240
+    try:
+        while not any(runs_root.glob("*/checkpoint.pt")):  # epoch 0 done; kill during epoch 1
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:  # every rank dies at once, with no chance to record anything
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    (run_dir,) = runs_root.iterdir()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    tracker = Tracker(EXPERIMENT, workdir=workdir)
+    assert tracker.run_status(run_id) == "RUNNING"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] < 2  # unfinished
+
+    resume = ["--resume", str(run_dir)]
+    cmd = _torchrun(workdir, *resume)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tracker.run_status(run_id) == "FINISHED"
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == 1  # the same run, no new one
+    assert sorted(m.step for m in tracker.client.get_metric_history(run_id, "val_dice")) == [0, 1, 2]
+    # and it ends where one uninterrupted process with the same global batch ends
+    _assert_matches(batchnorm_reference, tracker, run_id, run_dir)
+
+
+def test_cross_rank_batchnorm_is_plain_batchnorm_in_one_process() -> None:
+    from zoo import create_model
+    from zoo.harness.distributed import CrossRankBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    plain = create_model("unet_bn", in_channels=1, num_classes=2, base_channels=4)
+    converted = convert_sync_batchnorm(create_model("unet_bn", in_channels=1, num_classes=2, base_channels=4))
+    converted.load_state_dict(plain.state_dict())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in converted.modules())
+    assert any(isinstance(m, CrossRankBatchNorm) for m in converted.modules())
+    assert converted.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 1, 64, 64)
+    for mode in (True, False):  # no process group: training uses the local batch, eval the running stats
+        plain.train(mode), converted.train(mode)
+        assert torch.allclose(converted(x), plain(x), atol=1e-5)
+    for a, b in zip(converted.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path) -> None:
+    # one step in float64, so any difference beyond rounding would be a wrong formula, not noise
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import ddp_sync_bn_grads as script
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "grads.pt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(Path(script.__file__)),
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = torch.load(out, weights_only=True)
+
+    net = script.model()  # plain BatchNorm over all 4 images
+    x, y = script.batch()
+    F.cross_entropy(net(x), y).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None
+        scale = p.grad.abs().max().item()
+        assert (ranks["grads"][name] - p.grad).abs().max().item() <= 1e-10 * scale + 1e-15, name
+    for name, value in net.state_dict().items():  # running statistics over the global batch
+        assert torch.allclose(ranks["state"][name].to(value.dtype), value, rtol=1e-12, atol=1e-14), name

@@ -39,8 +39,9 @@ class TrainConfig:
         amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
         channels_last: None = with amp on; compile: ``torch.compile`` the model.
         accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
-        sync_bn: under ``torchrun``, BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA
-            only in torch) instead of over each process's slice; no effect in a single process.
+        sync_bn: under ``torchrun``, BatchNorm statistics over the global batch instead of over each
+            process's slice (``zoo.harness.distributed.CrossRankBatchNorm``: Gloo/CPU and NCCL/GPU);
+            no effect in a single process.
         patience: early stopping after this many epochs without a better validation Dice (None: off).
         augment: AugmentConfig fields; device: "auto", "cpu", "cuda" or "cuda:N".
         synthetic: twin generation (count, size) when data_root is None.

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +45,26 @@ def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
     key = hashlib.sha1(f"{kind}-{count}-{size}-{seed}".encode()).hexdigest()[:8]
     root = workdir / "synthetic" / f"{kind}-{key}"
     done = root / ".complete"
-    if not done.is_file():  # a twin cut short by a killed process is regenerated, never half-used
+    if not done.is_file():
+        # Written aside and renamed into place whole: a process killed mid-way leaves only its own temp
+        # folder (never a half twin under the real name), and two processes generating the same twin at
+        # once both succeed: the first rename wins, the other's identical copy is discarded.
         log.info("writing synthetic %s twin to %s", kind, root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
         if kind == "isbi2012":
-            write_em_twin(root, count=count, seed=seed, size=size)
+            write_em_twin(tmp, count=count, seed=seed, size=size)
         else:
-            write_car_twin(root, count=count, seed=seed, height=size * 2 // 3, width=size)
-        done.write_text("ok\n")
+            write_car_twin(tmp, count=count, seed=seed, height=size * 2 // 3, width=size)
+        (tmp / ".complete").write_text("ok\n")
+        if root.is_dir() and not done.is_file():  # left by an older version cut short
+            shutil.rmtree(root, ignore_errors=True)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not done.is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same twin first
     return root
 
 

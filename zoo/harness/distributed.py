@@ -22,9 +22,19 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["Distributed", "all_reduce_sum", "broadcast", "env_rank", "session", "shard"]
+__all__ = [
+    "CrossRankBatchNorm",
+    "Distributed",
+    "all_reduce_sum",
+    "broadcast",
+    "convert_sync_batchnorm",
+    "env_rank",
+    "session",
+    "shard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +132,79 @@ def broadcast(obj: T, ctx: Distributed) -> T:
     box: list[object] = [obj if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]
+
+
+class CrossRankBatchNorm(_BatchNorm):
+    """Batch normalisation whose training-mode statistics are those of the global batch, on any backend.
+
+    ``torch.nn.SyncBatchNorm`` runs on CUDA only; this one reduces with differentiable all-reduces
+    (``torch.distributed.nn``), so Gloo on CPU works as NCCL on GPU does. In training mode under an
+    initialised process group of more than one rank, the mean and the (biased) variance are taken over
+    every rank's slice together, two passes for accuracy (the mean first, then the squared deviations),
+    in float32 for half-precision inputs; the running statistics get the unbiased variance, as
+    ``BatchNorm`` does. Outside training, or with one process, it is ordinary ``BatchNorm``. It keeps
+    ``BatchNorm``'s parameters and buffers, so state dicts move freely between the two.
+
+    Gradients: each rank differentiates the global loss (see :func:`all_reduce_sum`), so what flows back
+    through the statistics is that loss's gradient times the world size on every rank, the same factor
+    as everywhere else, which DDP's averaging removes.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (batch, channels, ...), got {input.dim()}D")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not (self.training and distributed):
+            return super().forward(input)
+        x = input if input.dtype in (torch.float32, torch.float64) else input.float()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        count = x.new_tensor(float(x.numel() // x.shape[1]))
+        total = dist_fn.all_reduce(torch.cat([x.sum(dims), count.view(1)]), op=dist.ReduceOp.SUM)
+        n = total[-1].detach()
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = dist_fn.all_reduce(centred.square().sum(dims), op=dist.ReduceOp.SUM) / n
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                tracked = self.num_batches_tracked
+                assert tracked is not None  # BatchNorm keeps it whenever it tracks running statistics
+                tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                unbiased = var.detach() * (n / (n - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        return out.to(input.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm inside ``module`` by a :class:`CrossRankBatchNorm` with the same
+    parameters, buffers, device, dtype and mode (in place for children; returns the possibly new root)."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, CrossRankBatchNorm):
+        ref = module.running_mean if module.running_mean is not None else module.weight
+        new = CrossRankBatchNorm(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+            device=ref.device if ref is not None else None,
+            dtype=ref.dtype if ref is not None else None,
+        )
+        new.load_state_dict(module.state_dict())
+        if module.affine:
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

@@ -257,11 +257,6 @@ def _train(
             f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
         )
     sync_bn = cfg.sync_bn and ctx.enabled
-    if sync_bn and device.type != "cuda":
-        raise ValueError(
-            f"sync_bn=True needs CUDA devices: torch's SyncBatchNorm does not run on {device.type}. "
-            "On CPU set sync_bn=false, or use a norm without batch statistics (--override norm=group)"
-        )
     if resume is not None:
         run_dir = resume
         run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
@@ -278,7 +273,7 @@ def _train(
     ds, split = data.dataset, data.split
     model, amp, channels_last = prepare_model(cfg, ds.in_channels, ds.num_classes, device)
     if sync_bn:
-        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
+        distributed.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
     crop = model.nearest_valid_input_size(cfg.crop)
     out_size = model.output_size(crop)
     opt = _optimizer(cfg, model)
@@ -499,8 +494,8 @@ def _train(
         result: RunResult | None = None
         if rec is not None:
             if sync_bn:
-                # SyncBatchNorm in training mode waits for the other ranks, as measure_cost's training
-                # step would: the final figures are taken on a plain copy of the model
+                # synchronised BatchNorm in training mode waits for the other ranks, as measure_cost's
+                # training step (rank 0 alone) would: the final figures are taken on a plain copy
                 model = prepare_model(cfg, ds.in_channels, ds.num_classes, device)[0]
             # final figures: the best epoch's weights, also written as the run's safetensors file
             model.load_state_dict(best_state)

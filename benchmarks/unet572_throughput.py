@@ -1,0 +1,180 @@
+"""The paper's U-Net at 572x572 on a GPU, set beside NVIDIA's published A100 figures (issue 8).
+
+NVIDIA's DeepLearningExamples report, for their UNet Medical (the Ronneberger et al. network on
+572x572 tiles) on an A100 with automatic mixed precision, 118.98 training images/s at batch 8 and
+423.76 inference images/s at batch 16. This script measures the zoo's ``unet`` (width 64, one input
+channel, two classes) the same way: a training step (forward under bf16 autocast, cross-entropy in
+fp32, backward, Adam) at ``--train-batch`` 8 and a forward pass at ``--infer-batch`` 16, channels-last,
+``cudnn.benchmark`` on, and, for inference, also replayed from a CUDA graph. Images/s is batch over the
+median step time after warm-up, the device synchronised before each clock read.
+
+Model FLOPs utilisation (MFU) = achieved model FLOP/s over the device's dense bf16 peak: model FLOPs
+are ``zoo.cost.count_flops`` (2 per multiply-add) for a forward pass and three times that for a
+training step (forward + the two backward products). The peak comes from a table of NVIDIA's datasheet
+figures keyed by device name, or from ``--peak-tflops`` for a device the table lacks.
+
+On a CPU the script runs too (slowly; ``--quick`` shrinks it to width 8 and a 188x188 tile to prove it
+works); its ratios to the A100 are recorded but mean little. Writes
+``benchmarks/results/unet572_throughput-<machine>.json``.
+
+    python benchmarks/unet572_throughput.py --device cuda [--repeats 20] [--warmup 5]
+    python benchmarks/unet572_throughput.py --quick      # CPU, tiny: checks the script, not speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from fast_paths import cuda_graph_inference, inference_fn, median_seconds, training_fn
+
+from zoo import create_model
+from zoo.cost import count_flops
+from zoo.machine import describe_machine, write_results
+
+RESULTS = Path(__file__).parent / "results"
+
+# NVIDIA DeepLearningExamples, TensorFlow2 UNet_Medical, A100 80GB, AMP (the figures issue 8 quotes)
+A100_REFERENCE = {
+    "source": "NVIDIA DeepLearningExamples, TensorFlow2/Segmentation/UNet_Medical, A100, mixed precision",
+    "training_images_per_s": 118.98,
+    "training_batch": 8,
+    "inference_images_per_s": 423.76,
+    "inference_batch": 16,
+}
+
+# dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched by substring
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,  # SXM
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The table's bf16 dense peak for a CUDA device name (the most specific key that matches)."""
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        if key in device_name:
+            return PEAK_BF16_TFLOPS[key]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=572, help="input tile side (output 388 at 572)")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--infer-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    parser.add_argument("--quick", action="store_true", help="width 8, 188x188, batch 2, one repeat")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    width = 8 if args.quick else 64
+    size = 188 if args.quick else args.size
+    train_batch, infer_batch = (2, 2) if args.quick else (args.train_batch, args.infer_batch)
+    repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = create_model("unet", in_channels=1, num_classes=2, base_channels=width)
+        return model.to(device).to(memory_format=torch.channels_last)
+
+    model = build()
+    valid = model.nearest_valid_input_size(size)  # type: ignore[operator]
+    if valid != size:
+        parser.error(f"--size {size} is not a valid input size of the paper's unet; use {valid}")
+    out_side = model.output_size(size)  # type: ignore[operator]
+    flops_per_image = count_flops(model, (1, 1, size, size))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine()["cpu"]
+    peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
+    dtype = torch.bfloat16
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+
+    def channels_last(batch: int, *, seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand(batch, 1, size, size, generator=gen)
+        return x.to(device).contiguous(memory_format=torch.channels_last)
+
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(key: str, seconds: float, batch: int, flop_factor: int, reference: float) -> None:
+        images = batch / seconds
+        achieved = images * flops_per_image * flop_factor
+        rows[key] = {
+            "batch": batch,
+            "seconds_per_step": round(seconds, 6),
+            "images_per_s": round(images, 2),
+            "model_tflops_per_s": round(achieved / 1e12, 3),
+            "mfu": round(achieved / (peak * 1e12), 4) if peak else None,
+            "over_a100_reference": round(images / reference, 3),
+        }
+        print(f"{key:28s} {rows[key]}", flush=True)
+
+    try:
+        x = channels_last(train_batch, seed=1)
+        y = torch.randint(0, 2, (train_batch, out_side, out_side), generator=torch.Generator().manual_seed(2))
+        step = training_fn(model.train(), x, y.to(device), dtype, device)
+        # Adam as NVIDIA's UNet Medical uses; training_fn's AdamW differs only by the decoupled decay
+        seconds = median_seconds(step, device, repeats=repeats, warmup=warmup)
+        record("training_bf16", seconds, train_batch, 3, A100_REFERENCE["training_images_per_s"])
+
+        model = build().eval()
+        x = channels_last(infer_batch, seed=3)
+        reference = A100_REFERENCE["inference_images_per_s"]
+        forward = inference_fn(model, x, dtype, device)
+        seconds = median_seconds(forward, device, repeats=repeats, warmup=warmup)
+        record("inference_bf16", seconds, infer_batch, 1, reference)
+        if device.type == "cuda":
+            graphed = cuda_graph_inference(model, x, dtype, device)
+            seconds = median_seconds(graphed, device, repeats=repeats, warmup=warmup)
+            record("inference_bf16_cuda_graph", seconds, infer_batch, 1, reference)
+        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+    results = {
+        "benchmark": "unet572_throughput",
+        "quick": args.quick,
+        "device": str(device),
+        "device_name": name,
+        "model": f"unet (width {width}, valid 3x3 convolutions), 1 input channel, 2 classes",
+        "input": [1, size, size],
+        "output": [out_side, out_side],
+        "gflop_per_image_forward": round(flops_per_image / 1e9, 3),
+        "precision": "bf16 autocast, channels-last, cudnn.benchmark; loss in fp32; AdamW (lr 1e-4)",
+        "repeats": repeats,
+        "warmup": warmup,
+        "peak_bf16_tflops": peak,
+        "peak_source": "--peak-tflops" if args.peak_tflops else "NVIDIA datasheet table in this script",
+        "a100_reference": A100_REFERENCE,
+        "runs": rows,
+        "max_memory_gib": round(memory, 2) if memory is not None else None,
+        "machine": describe_machine(device),
+    }
+    stem = f"unet572_throughput{'-quick' if args.quick else ''}"
+    out = write_results(stem, results, args.out, device=device)
+    print(json.dumps({k: v["images_per_s"] for k, v in rows.items()}))
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
