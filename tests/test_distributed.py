@@ -31,6 +31,11 @@ SETTINGS: dict[str, object] = {
     "fold": 2,
     "amp": "none",
     "deterministic": True,
+    # SGD, not Adam: Adam divides by the root of tiny second moments (units a 4-wide net barely uses),
+    # which turns rounding differences into steps the size of the learning rate; with SGD the two runs
+    # stay as close as their rounding
+    "optimizer": "sgd",
+    "lr": 0.01,
 }
 OVERRIDES = {"base_channels": 4, "norm": "group"}
 EXPERIMENT = "ddp-test"
@@ -114,7 +119,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) 
     ref_weights = torch.load(ref.run_dir / "checkpoint.pt", weights_only=True)["model"]
     assert ddp_weights.keys() == ref_weights.keys()
     worst = max((ddp_weights[k].double() - ref_weights[k].double()).abs().max().item() for k in ref_weights)
-    assert worst < 1e-4, f"largest weight difference {worst:.3g}"
+    assert worst < 1e-5, f"largest weight difference {worst:.3g}"
 
 
 # BatchNorm with sync_bn: statistics over the global batch, so 2 ranks normalise as one process would
@@ -161,9 +166,7 @@ def _assert_matches(reference: dict[str, object], tracker: Tracker, run_id: str,
     assert ours.keys() == ref_weights.keys()  # running statistics included
     diffs = {k: (ours[k].double() - ref_weights[k].double()).abs().max().item() for k in ref_weights}
     worst = max(diffs, key=diffs.__getitem__)
-    # float32 over 9 AdamW steps: Adam's normalised steps turn rounding in near-zero gradients into
-    # differences up to the learning rate (1e-3); the float64 test below checks the gradients exactly
-    assert diffs[worst] < 1e-3, f"largest weight/statistic difference {diffs[worst]:.3g} ({worst})"
+    assert diffs[worst] < 1e-5, f"largest weight/statistic difference {diffs[worst]:.3g} ({worst})"
 
 
 def test_sync_bn_two_ranks_match_one_process_batchnorm(

@@ -208,3 +208,21 @@ def test_only_sqlite_lock_errors_count_as_locked() -> None:
     assert is_database_locked(_locked_error())
     assert not is_database_locked(MlflowException("RESOURCE_ALREADY_EXISTS: experiment 'x' exists"))
     assert not is_database_locked(sqlite3.OperationalError("no such table: runs"))
+
+
+def test_mlflow_traceback_for_a_retried_lock_is_dropped_and_others_kept(tmp_path: Path) -> None:
+    import logging
+
+    Tracker("quiet", workdir=tmp_path)  # installs the filter on MLflow's SQL-store logger
+    logger = logging.getLogger("mlflow.store.db.utils")
+    locked = _locked_error().__cause__
+    assert isinstance(locked, sqlalchemy.exc.OperationalError)
+
+    def record(err: BaseException) -> logging.LogRecord:
+        exc_info = (type(err), err, None)
+        return logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "db error", (), exc_info)
+
+    assert not logger.filter(record(locked))  # Tracker retries it and says so itself
+    other = sqlalchemy.exc.OperationalError("SELECT ...", {}, sqlite3.OperationalError("disk I/O error"))
+    assert logger.filter(record(other))
+    assert logger.filter(logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "plain", (), None))

@@ -57,6 +57,16 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> Tensor:
     return torch.rand(n, generator=gen, dtype=torch.float64) * (high - low) + low
 
 
+def _rows(batch: int, part: tuple[int, int] | None) -> tuple[int, slice]:
+    """How many samples to draw random numbers for, and which of them are this batch's."""
+    if part is None:
+        return batch, slice(0, batch)
+    offset, total = part
+    if offset < 0 or offset + batch > total:
+        raise ValueError(f"part={part}: rows {offset}..{offset + batch - 1} do not lie in a batch of {total}")
+    return total, slice(offset, offset + batch)
+
+
 def sampling_grid(
     batch: int,
     height: int,
@@ -64,26 +74,32 @@ def sampling_grid(
     config: AugmentConfig,
     generator: torch.Generator,
     device: torch.device,
+    *,
+    part: tuple[int, int] | None = None,
 ) -> Tensor:
     """One random sampling grid per sample, ``(B, H, W, 2)`` in normalised coordinates for grid_sample.
 
     Random numbers are drawn on the CPU from ``generator`` (a few per sample), so a seed gives the same
-    augmentation on every device.
+    augmentation on every device. ``part=(offset, total)``: the ``batch`` samples are rows ``offset``
+    onwards of a batch of ``total``; numbers are drawn for all ``total`` and these rows' kept, so each
+    sample is augmented as it would be in the whole batch (data-parallel ranks).
     """
     g = generator
-    angle = _uniform(batch, -config.rotation, config.rotation, g) * math.pi / 180
-    zoom = _uniform(batch, 1 - config.scale, 1 + config.scale, g)
+    n_draw, rows = _rows(batch, part)
+    angle = _uniform(n_draw, -config.rotation, config.rotation, g) * math.pi / 180
+    zoom = _uniform(n_draw, 1 - config.scale, 1 + config.scale, g)
     sx = (
-        torch.where(torch.rand(batch, generator=g) < 0.5, -1.0, 1.0).double()
+        torch.where(torch.rand(n_draw, generator=g) < 0.5, -1.0, 1.0).double()
         if config.hflip
-        else torch.ones(batch).double()
+        else torch.ones(n_draw).double()
     )
     sy = (
-        torch.where(torch.rand(batch, generator=g) < 0.5, -1.0, 1.0).double()
+        torch.where(torch.rand(n_draw, generator=g) < 0.5, -1.0, 1.0).double()
         if config.vflip
-        else torch.ones(batch).double()
+        else torch.ones(n_draw).double()
     )
-    shift = _uniform(2 * batch, -config.shift, config.shift, g).view(batch, 2) * 2  # normalised units
+    shift = _uniform(2 * n_draw, -config.shift, config.shift, g).view(n_draw, 2) * 2  # normalised units
+    angle, zoom, sx, sy, shift = angle[rows], zoom[rows], sx[rows], sy[rows], shift[rows]
     # the linear part acts in pixel space (so rotation does not shear non-square images):
     # A = D^-1 R Z F D with D = diag(W/2, H/2); output coordinates map to input coordinates
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -96,7 +112,7 @@ def sampling_grid(
     grid = F.affine_grid(theta.float(), [batch, 1, height, width], align_corners=False).to(device)
     if config.elastic_sigma > 0:
         n = config.elastic_grid
-        coarse = torch.randn(batch, 2, n, n, generator=g) * config.elastic_sigma
+        coarse = torch.randn(n_draw, 2, n, n, generator=g)[rows] * config.elastic_sigma
         field = F.interpolate(coarse.to(device), size=(height, width), mode="bicubic", align_corners=True)
         # pixels -> normalised units (x along width, y along height)
         field = field * torch.tensor([2.0 / width, 2.0 / height], device=device).view(1, 2, 1, 1)
@@ -111,9 +127,14 @@ def augment_batch(
     *,
     config: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
+    part: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Augment a batch: images ``(B, C, H, W)`` float in [0, 1], masks ``(B, H, W)`` int64, optional
-    weights ``(B, H, W)`` float. Returns tensors of the same shapes, dtypes and device."""
+    weights ``(B, H, W)`` float. Returns tensors of the same shapes, dtypes and device.
+
+    ``part=(offset, total)``: the batch is rows ``offset`` onwards of a global batch of ``total`` (one
+    data-parallel rank's share); each sample gets exactly the augmentation it would get there.
+    """
     cfg = config or AugmentConfig()
     gen = generator if generator is not None else torch.Generator().manual_seed(torch.seed())
     if images.dim() != 4 or masks.dim() != 3 or masks.shape != (images.shape[0], *images.shape[2:]):
@@ -124,14 +145,14 @@ def augment_batch(
     if masks.dtype != torch.int64:
         raise TypeError(f"masks must be int64 class indices, got {masks.dtype}")
     b, _, h, w = images.shape
-    grid = sampling_grid(b, h, w, cfg, gen, images.device).to(images.dtype)
+    grid = sampling_grid(b, h, w, cfg, gen, images.device, part=part).to(images.dtype)
     out = _resample(images, grid, "bilinear")
     # nearest sampling of the class indices: exact integers, no blending between classes
     out_masks = _resample(masks.unsqueeze(1).to(images.dtype), grid, "nearest").squeeze(1).round().long()
     out_weights = None
     if weights is not None:
         out_weights = _resample(weights.unsqueeze(1).to(images.dtype), grid, "bilinear").squeeze(1)
-    out = _gray_values(out, cfg, gen)
+    out = _gray_values(out, cfg, gen, part)
     return out, out_masks, out_weights
 
 
@@ -140,12 +161,12 @@ def _resample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
     return F.grid_sample(x, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
-def _gray_values(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
-    b = x.shape[0]
-    shape = (b, 1, 1, 1)
-    gamma = torch.exp(_uniform(b, -cfg.gamma, cfg.gamma, gen)).view(shape).to(x)
-    contrast = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen).view(shape).to(x)
-    bright = _uniform(b, -cfg.brightness, cfg.brightness, gen).view(shape).to(x)
+def _gray_values(x: Tensor, cfg: AugmentConfig, gen: torch.Generator, part: tuple[int, int] | None) -> Tensor:
+    n_draw, rows = _rows(x.shape[0], part)
+    shape = (x.shape[0], 1, 1, 1)
+    gamma = torch.exp(_uniform(n_draw, -cfg.gamma, cfg.gamma, gen))[rows].view(shape).to(x)
+    contrast = _uniform(n_draw, 1 - cfg.contrast, 1 + cfg.contrast, gen)[rows].view(shape).to(x)
+    bright = _uniform(n_draw, -cfg.brightness, cfg.brightness, gen)[rows].view(shape).to(x)
     x = x.clamp(0, 1).pow(gamma)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + bright).clamp_(0, 1)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.data.datasets import SegmentationDataset
 from zoo.tiling import mirror_pad
 
-__all__ = ["RandomCrops", "make_loader"]
+__all__ = ["RandomCrops", "ShardedBatchSampler", "make_loader", "shard_bounds"]
 
 
 class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
@@ -72,6 +73,61 @@ def _mirror(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> to
     return out if t.dim() == 3 else out.squeeze(0)
 
 
+def shard_bounds(size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, stop)`` of rank ``rank``'s contiguous part of ``size`` rows split among ``world_size``
+    ranks, the first ``size % world_size`` ranks one row longer (``torch.tensor_split``'s rule)."""
+    q, r = divmod(size, world_size)
+    start = rank * q + min(rank, r)
+    return start, start + q + (rank < r)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches in a seeded order, each cut among the ranks: this rank gets its part only.
+
+    The order is ``torch.randperm(size)`` from a generator seeded with ``seed`` (or ``0..size-1``
+    unshuffled), cut into consecutive global batches of ``batch_size`` (the last one partial); each is
+    split into ``world_size`` contiguous parts (:func:`shard_bounds`). Like
+    ``torch.utils.data.DistributedSampler`` every rank reads a disjoint ``1 / world_size`` of the data,
+    but the cut is made per global batch, so the ranks together train on exactly the batches one process
+    trains on (``world_size=1``). The order is this class's own, not DataLoader's: it does not depend
+    on how often a loader is iterated or what else draws from a generator. :meth:`part` says where this
+    rank's rows sit in batch ``i`` (for augmentations drawn per global batch).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, shuffle: bool, seed: int = 0
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if batch_size < world_size:
+            raise ValueError(
+                f"a global batch of {batch_size} cannot give each of {world_size} ranks a sample"
+            )
+        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def part(self, i: int) -> tuple[int, int]:
+        """``(offset, global size)`` of this rank's rows within global batch ``i``."""
+        total = min(self.batch_size, self.size - i * self.batch_size)
+        return shard_bounds(total, self.rank, self.world_size)[0], total
+
+    def order(self) -> list[int]:
+        """Every index once, in the order the global batches take them."""
+        if not self.shuffle:
+            return list(range(self.size))
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for first in range(0, self.size, self.batch_size):
+            batch = order[first : first + self.batch_size]
+            start, stop = shard_bounds(len(batch), self.rank, self.world_size)
+            yield batch[start:stop]
+
+
 def make_loader(
     data: Dataset[tuple[torch.Tensor, ...]],
     *,
@@ -81,16 +137,38 @@ def make_loader(
     seed: int = 0,
     device: torch.device | str = "cpu",
     workers: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
     """A DataLoader tuned to where the samples come from.
 
     In-memory samples are served in the main process (worker processes would only add copying);
     samples decoded from files get worker processes, kept alive between epochs. Memory is pinned only
     when batches go to a CUDA device. The last partial batch is kept: no sample is dropped.
+    ``shard=(rank, world_size)``: batches from a :class:`ShardedBatchSampler` (the loader's
+    ``batch_sampler``), the harness's training order; ``batch_size`` is the global batch and this rank
+    loads its part of each (``(0, 1)``: one process, all of it).
     """
     if workers is None:
         workers = 0 if in_memory else min(4, os.cpu_count() or 1)
     cuda = torch.device(device).type == "cuda"
+    if shard is not None:
+        rank, world_size = shard
+        sampler = ShardedBatchSampler(
+            len(data),  # type: ignore[arg-type]
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        return DataLoader(
+            data,
+            batch_sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds, not the global generator
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=cuda,
+        )
     return DataLoader(
         data,
         batch_size=batch_size,

@@ -4,7 +4,8 @@
 place from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). Outside torchrun (no
 ``WORLD_SIZE``, or ``WORLD_SIZE=1``) everything here is a no-op and training is the single-process loop.
 
-The division of labour: every rank draws the same global batch and keeps its own slice (:func:`shard`),
+The division of labour: every rank loads and augments its own part of each global batch (the
+distributed sampler ``zoo.data.loader.ShardedBatchSampler``; :func:`shard` cuts a tensor the same way),
 the loss's sums are all-reduced so each rank differentiates the loss of the whole global batch
 (:func:`all_reduce_sum`), and DDP averages the gradients. Rank 0 alone records to MLflow, validates and
 writes files; its decisions reach the others through :func:`broadcast`.

@@ -62,6 +62,18 @@ def is_database_locked(err: BaseException) -> bool:
     return False
 
 
+class _QuietLockedRetries(logging.Filter):
+    """Drops MLflow's own ERROR traceback for a "database is locked" write: :class:`Tracker` retries
+    it and logs one line; if the retries run out the error is raised with its traceback anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return not (err is not None and is_database_locked(err))
+
+
+_QUIET = _QuietLockedRetries()
+
+
 def default_tracking_uri(workdir: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -96,6 +108,7 @@ class Tracker:
     ) -> None:
         from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
 
+        logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET)  # a set: added once
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri or default_tracking_uri(self.workdir)

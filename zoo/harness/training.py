@@ -6,9 +6,10 @@ channels-last) -> optimiser step; then whole-image validation, MLflow metrics, t
 same MLflow run and loses only the unfinished epoch: crops, augmentation and dropout are seeded per
 epoch, so a resumed run continues exactly as an uninterrupted one would.
 
-Under ``torchrun`` the same function trains data-parallel (see :mod:`zoo.harness.distributed`): every
-process draws the same global batch and trains on its slice, the loss is that of the whole global batch,
-and rank 0 alone validates, records to MLflow and writes checkpoints and weights.
+Under ``torchrun`` the same function trains data-parallel (see :mod:`zoo.harness.distributed`): each
+process loads and augments its part of every global batch (``zoo.data.loader.ShardedBatchSampler``),
+the loss is that of the whole global batch, and rank 0 alone validates, records to MLflow and writes
+checkpoints and weights.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from tqdm.auto import tqdm
 
 from zoo import create_model
 from zoo.data.augment import AugmentConfig, augment_batch
-from zoo.data.loader import RandomCrops, make_loader
+from zoo.data.loader import RandomCrops, ShardedBatchSampler, make_loader
 from zoo.harness import distributed
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
-from zoo.harness.distributed import Distributed, all_reduce_sum, shard
+from zoo.harness.distributed import Distributed, all_reduce_sum
 from zoo.harness.evaluate import evaluate, save_overlay
 from zoo.harness.throughput import measure_cost
 from zoo.harness.tracking import Tracker, git_state
@@ -378,7 +379,7 @@ def _train(
             torch.manual_seed(
                 _seed(_seed(cfg.seed, epoch), ctx.rank) if ctx.enabled else _seed(cfg.seed, epoch)
             )
-            # every rank draws the same global batches (same crops, same order) and trains on its slice
+            # global batches in the sampler's seeded order (same crops); each rank loads its part only
             loader = make_loader(
                 crops,
                 batch_size=cfg.batch_size,
@@ -386,7 +387,10 @@ def _train(
                 in_memory=True,
                 seed=_seed(cfg.seed, epoch),
                 device=device,
+                shard=(ctx.rank, ctx.world_size),
             )
+            sharded = loader.batch_sampler
+            assert isinstance(sharded, ShardedBatchSampler)
             model.train()
             loss_sum = torch.zeros((), device=device)
             steps = 0
@@ -400,11 +404,10 @@ def _train(
                     break
                 image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
                 weight = batch[2].to(device) if len(batch) > 2 else None
-                image, mask, weight = augment_batch(image, mask, weight, config=aug, generator=gen)
-                if ctx.enabled:
-                    # augmented whole, then sliced: each sample gets the augmentation one process would draw
-                    image, mask = shard(image, ctx), shard(mask, ctx)
-                    weight = shard(weight, ctx) if weight is not None else None
+                # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
+                # augmented as one process would augment it
+                part = sharded.part(i) if ctx.enabled else None
+                image, mask, weight = augment_batch(image, mask, weight, config=aug, generator=gen, part=part)
                 if channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
                 autocast: AbstractContextManager[object] = (
