@@ -313,3 +313,25 @@ def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path
         assert (ranks["grads"][name] - p.grad).abs().max().item() <= 1e-10 * scale + 1e-15, name
     for name, value in net.state_dict().items():  # running statistics over the global batch
         assert torch.allclose(ranks["state"][name].to(value.dtype), value, rtol=1e-12, atol=1e-14), name
+
+
+def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(tmp_path: Path) -> None:
+    # 5 training slices, global batch 4, 2 ranks, whole epochs: the last batch of 1 leaves a rank empty
+    settings = {**SETTINGS, "epochs": 1, "steps_per_epoch": None, "synthetic": {"count": 7, "size": 96}}
+    args = [
+        "--model",
+        "unet_bn",
+        "--dataset",
+        "isbi2012",
+        *(f"--override={k}={json.dumps(v)}" for k, v in OVERRIDES.items()),
+        *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(_torchrun(tmp_path, *args), env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "an epoch of 5 crops ends with a global batch of 1, fewer samples than the 2 processes" in (
+        done.stdout + done.stderr
+    )
+    tracker = Tracker(EXPERIMENT, workdir=tmp_path)
+    (run,) = tracker.client.search_runs([tracker.experiment_id])
+    assert run.info.status == "FAILED"

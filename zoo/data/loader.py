@@ -114,6 +114,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
         total = min(self.batch_size, self.size - i * self.batch_size)
         return shard_bounds(total, self.rank, self.world_size)[0], total
 
+    def first_short_batch(self) -> int | None:
+        """The index of the first global batch too small to give every rank a sample (the last, partial
+        one), or None when every batch reaches every rank."""
+        last = self.size % self.batch_size
+        if self.world_size > 1 and 0 < last < self.world_size:
+            return len(self) - 1
+        return None
+
     def order(self) -> list[int]:
         """Every index once, in the order the global batches take them."""
         if not self.shuffle:

@@ -391,6 +391,15 @@ def _train(
             )
             sharded = loader.batch_sampler
             assert isinstance(sharded, ShardedBatchSampler)
+            short = sharded.first_short_batch()
+            if short is not None and (not micro_batches or short < micro_batches):
+                # a rank with no sample would feed BatchNorm an empty batch (NaN statistics)
+                raise ValueError(
+                    f"{cfg.run_name}: an epoch of {len(crops)} crops ends with a global batch of "
+                    f"{len(crops) % cfg.batch_size}, fewer samples than the {ctx.world_size} processes; "
+                    f"set steps_per_epoch (times accumulate) to at most {short}, or a batch_size that "
+                    "leaves no such remainder"
+                )
             model.train()
             loss_sum = torch.zeros((), device=device)
             steps = 0
