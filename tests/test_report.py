@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import os
 import re
 import shutil
 import subprocess
@@ -189,7 +190,9 @@ def test_html_page_renders_in_headless_chromium(
     assert attrs == {"rows": "4", "images": "4", "images-rendered": "4"}, attrs
 
 
-def test_bench_ends_with_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_ends_with_the_leaderboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = [
         "bench",
         "--suite",
@@ -201,8 +204,12 @@ def test_bench_ends_with_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureF
         "--workdir",
         str(tmp_path),
     ]
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
     page = tmp_path / "reports" / "suite-smoke" / "leaderboard.html"
-    assert f"leaderboard: {page}" in printed and page.is_file()
+    assert f"leaderboard: {page}" in captured.out and page.is_file()
     assert "unet_bn" in (page.parent / "leaderboard.md").read_text()
+    assert "data:image/jpeg;base64," in page.read_text()  # the run's overlay was read back from MLflow
+    assert "Downloading artifacts" not in captured.err  # without a progress bar per thumbnail
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # left as it was

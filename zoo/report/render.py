@@ -9,8 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -124,20 +128,39 @@ def overlay_images(board: Leaderboard, dataset: str, tracking_uri: str) -> dict[
 
     client = MlflowClient(tracking_uri=tracking_uri)
     out: dict[str, str] = {}
-    for model, part in board.runs[board.runs["dataset"] == dataset].groupby("model"):
-        run_id = part.sort_values("seed")["run_id"].iloc[0]
-        files = [a.path for a in client.list_artifacts(run_id, "overlays")]
-        if not files:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(client.download_artifacts(run_id, sorted(files)[0], tmp))
-            with Image.open(local) as im:
-                small = im.convert("RGB")
-                small.thumbnail((540, 540))  # a page of thumbnails, not of full-size panels
-                buf = io.BytesIO()
-                small.save(buf, format="JPEG", quality=82)
-            out[str(model)] = base64.b64encode(buf.getvalue()).decode()
+    with _quiet_downloads():
+        for model, part in board.runs[board.runs["dataset"] == dataset].groupby("model"):
+            _add_overlay(client, str(model), part, out)
     return out
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar per small artifact (one line each in a bench log), unless a user asked."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _add_overlay(client: Any, model: str, part: pd.DataFrame, out: dict[str, str]) -> None:
+    run_id = part.sort_values("seed")["run_id"].iloc[0]
+    files = [a.path for a in client.list_artifacts(run_id, "overlays")]
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run_id, sorted(files)[0], tmp))
+        with Image.open(local) as im:
+            small = im.convert("RGB")
+            small.thumbnail((540, 540))  # a page of thumbnails, not of full-size panels
+            buf = io.BytesIO()
+            small.save(buf, format="JPEG", quality=82)
+        out[model] = base64.b64encode(buf.getvalue()).decode()
 
 
 _SORT_JS = """
