@@ -83,3 +83,6 @@ def test_peak_table_picks_the_most_specific_device_name() -> None:
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert peak_tflops("NVIDIA L40S") == 362.0 and peak_tflops("NVIDIA L4") == 121.0
     assert peak_tflops("Tesla T4") is None
+    assert peak_tflops("NVIDIA L40") == 181.0  # not the L4's
+    assert peak_tflops("NVIDIA RTX A1000 6GB Laptop GPU") is None  # not an A100
+    assert peak_tflops("NVIDIA A10G") is None and peak_tflops("NVIDIA A10") == 125.0

@@ -98,3 +98,10 @@ def test_a_rank_augments_its_rows_as_the_whole_batch_would() -> None:
 def test_a_part_outside_its_batch_is_refused() -> None:
     with pytest.raises(ValueError, match=r"part=\(3, 4\): rows 3..4 do not lie in a batch of 4"):
         augment_batch(torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long), part=(3, 4))
+
+
+def test_part_of_a_batch_past_the_epoch_is_an_error() -> None:
+    sampler = ShardedBatchSampler(10, 4, rank=1, world_size=2, shuffle=False)
+    assert sampler.part(2) == (1, 2)
+    with pytest.raises(IndexError, match="global batch 3 out of range: an epoch has 3"):
+        sampler.part(3)

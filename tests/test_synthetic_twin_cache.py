@@ -35,3 +35,19 @@ def test_a_twin_cut_short_is_never_used_under_its_real_name(tmp_path: Path) -> N
     assert again == root and (root / ".complete").is_file()
     assert sorted(p.relative_to(root) for p in root.rglob("*.png")) == files
     assert (root / "train" / "image" / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_temp_folders_of_killed_writers_are_cleared_after_an_hour(tmp_path: Path) -> None:
+    import os
+    import time
+
+    root = _synthetic_root(_config("isbi2012"), tmp_path)
+    stale = root.parent / f".{root.name}.dead.tmp"
+    fresh = root.parent / f".{root.name}.busy.tmp"
+    stale.mkdir()
+    fresh.mkdir()
+    hours_ago = time.time() - 7200
+    os.utime(stale, (hours_ago, hours_ago))
+    (root / ".complete").unlink()  # forces generation, which first sweeps old temp folders
+    _synthetic_root(_config("isbi2012"), tmp_path)
+    assert not stale.exists() and fresh.exists()  # another writer may still be filling that one

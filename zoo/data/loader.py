@@ -111,6 +111,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def part(self, i: int) -> tuple[int, int]:
         """``(offset, global size)`` of this rank's rows within global batch ``i``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"global batch {i} out of range: an epoch has {len(self)}")
         total = min(self.batch_size, self.size - i * self.batch_size)
         return shard_bounds(total, self.rank, self.world_size)[0], total
 

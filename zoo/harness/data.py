@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
-import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,17 @@ class RunData:
     source: str
 
 
+STALE_TEMP_SECONDS = 3600
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Temp folders of twins whose writer was killed (untouched for an hour): nobody will finish them."""
+    for old in root.parent.glob(f".{root.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+
+
 def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
     """A twin generated once per (dataset, generation settings) and reused by later runs."""
     kind = "isbi2012" if cfg.dataset == "isbi2012" else "carvana"
@@ -51,14 +64,20 @@ def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
         # once both succeed: the first rename wins, the other's identical copy is discarded.
         log.info("writing synthetic %s twin to %s", kind, root)
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+        _remove_stale_temps(root)
+        tmp = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"  # mkdir: the umask's mode, shared or not
+        tmp.mkdir()
         if kind == "isbi2012":
             write_em_twin(tmp, count=count, seed=seed, size=size)
         else:
             write_car_twin(tmp, count=count, seed=seed, height=size * 2 // 3, width=size)
         (tmp / ".complete").write_text("ok\n")
         if root.is_dir() and not done.is_file():  # left by an older version cut short
-            shutil.rmtree(root, ignore_errors=True)
+            # renamed away first (atomic: one process wins), so no one deletes a twin another just placed
+            trash = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
+            with contextlib.suppress(OSError):
+                os.rename(root, trash)
+                shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, root)
         except OSError:

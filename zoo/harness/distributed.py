@@ -18,11 +18,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -115,6 +114,28 @@ def shard(batch: Tensor, ctx: Distributed) -> Tensor:
     return torch.tensor_split(batch, ctx.world_size)[ctx.rank]
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks whose backward is the sum of the ranks' gradients (every rank's output is the same
+    total, so each contributes its gradient of it to every input). Written here rather than taken from
+    ``torch.distributed.nn``, which torch has deprecated."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def _sum_over_ranks(t: Tensor) -> Tensor:
+    return _SumOverRanks.apply(t)
+
+
 def all_reduce_sum(t: Tensor, ctx: Distributed) -> Tensor:
     """The sum of ``t`` over ranks, differentiable: gradients flow back to every rank's own ``t``.
 
@@ -123,7 +144,7 @@ def all_reduce_sum(t: Tensor, ctx: Distributed) -> Tensor:
     """
     if not ctx.enabled:
         return t
-    return dist_fn.all_reduce(t, op=dist.ReduceOp.SUM)
+    return _sum_over_ranks(t)
 
 
 def broadcast(obj: T, ctx: Distributed) -> T:
@@ -138,8 +159,8 @@ def broadcast(obj: T, ctx: Distributed) -> T:
 class CrossRankBatchNorm(_BatchNorm):
     """Batch normalisation whose training-mode statistics are those of the global batch, on any backend.
 
-    ``torch.nn.SyncBatchNorm`` runs on CUDA only; this one reduces with differentiable all-reduces
-    (``torch.distributed.nn``), so Gloo on CPU works as NCCL on GPU does. In training mode under an
+    ``torch.nn.SyncBatchNorm`` runs on CUDA only; this one reduces with differentiable all-reduces,
+    so Gloo on CPU works as NCCL on GPU does. In training mode under an
     initialised process group of more than one rank, the mean and the (biased) variance are taken over
     every rank's slice together, two passes for accuracy (the mean first, then the squared deviations),
     in float32 for half-precision inputs; the running statistics get the unbiased variance, as
@@ -164,11 +185,11 @@ class CrossRankBatchNorm(_BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         count = x.new_tensor(float(x.numel() // x.shape[1]))
-        total = dist_fn.all_reduce(torch.cat([x.sum(dims), count.view(1)]), op=dist.ReduceOp.SUM)
+        total = _sum_over_ranks(torch.cat([x.sum(dims), count.view(1)]))
         n = total[-1].detach()
         mean = total[:-1] / n
         centred = x - mean.view(shape)
-        var = dist_fn.all_reduce(centred.square().sum(dims), op=dist.ReduceOp.SUM) / n
+        var = _sum_over_ranks(centred.square().sum(dims)) / n
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
