@@ -105,3 +105,18 @@ def test_part_of_a_batch_past_the_epoch_is_an_error() -> None:
     assert sampler.part(2) == (1, 2)
     with pytest.raises(IndexError, match="global batch 3 out of range: an epoch has 3"):
         sampler.part(3)
+
+
+def test_set_epoch_reshuffles_a_reused_sampler_the_same_way_on_every_rank() -> None:
+    samplers = [ShardedBatchSampler(12, 4, rank=r, world_size=2, shuffle=True, seed=3) for r in range(2)]
+    first = [list(s) for s in samplers]
+    assert [list(s) for s in samplers] == first  # no set_epoch: the same order again
+    for s in samplers:
+        s.set_epoch(1)
+    second = [list(s) for s in samplers]
+    assert second != first
+    # the ranks still cut the same global batches, now in the order of seed + epoch
+    expected = torch.randperm(12, generator=torch.Generator().manual_seed(4)).tolist()
+    assert [second[0][i] + second[1][i] for i in range(3)] == [expected[i : i + 4] for i in range(0, 12, 4)]
+    with pytest.raises(ValueError, match="epoch -1 is negative"):
+        samplers[0].set_epoch(-1)

@@ -91,7 +91,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
     but the cut is made per global batch, so the ranks together train on exactly the batches one process
     trains on (``world_size=1``). The order is this class's own, not DataLoader's: it does not depend
     on how often a loader is iterated or what else draws from a generator. :meth:`part` says where this
-    rank's rows sit in batch ``i`` (for augmentations drawn per global batch).
+    rank's rows sit in batch ``i`` (for augmentations drawn per global batch). As with
+    ``DistributedSampler``, :meth:`set_epoch` gives a reused sampler a new order each epoch (seeded with
+    ``seed + epoch``); without it every pass repeats the same order.
     """
 
     def __init__(
@@ -105,6 +107,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
             )
         self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
         self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the next passes with ``seed + epoch``; call it on every rank with the same epoch."""
+        if epoch < 0:
+            raise ValueError(f"epoch {epoch} is negative; epochs count from 0")
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return math.ceil(self.size / self.batch_size)
@@ -128,7 +137,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         """Every index once, in the order the global batches take them."""
         if not self.shuffle:
             return list(range(self.size))
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
