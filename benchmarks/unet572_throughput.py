@@ -48,7 +48,7 @@ A100_REFERENCE = {
     "inference_batch": 16,
 }
 
-# dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched by substring
+# dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; matched on whole words
 PEAK_BF16_TFLOPS = {
     "H200": 989.0,
     "H100 PCIe": 756.0,

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from zoo.harness import Tracker, TrainConfig, train
-from zoo.harness.distributed import Distributed, shard
 
 # fp32 and deterministic kernels: the two runs may differ only by the order of floating-point sums.
 # GroupNorm, not BatchNorm: its statistics are per sample, so a slice of the batch normalises exactly as
-# the whole batch would (SyncBatchNorm, the BatchNorm answer, runs on CUDA only in torch).
+# the whole batch would (BatchNorm needs sync_bn for that: tested below).
 SETTINGS: dict[str, object] = {
     "epochs": 2,
     "steps_per_epoch": 2,
@@ -60,48 +59,49 @@ def _torchrun(workdir: Path, *args: str) -> list[str]:
     ]
 
 
-def _new_run_args() -> list[str]:
+def _run_args(overrides: dict[str, object], settings: dict[str, object]) -> list[str]:
     return [
         "--model",
         "unet_bn",
         "--dataset",
         "isbi2012",
-        *(f"--override={k}={json.dumps(v)}" for k, v in OVERRIDES.items()),
-        *(f"--set={k}={json.dumps(v)}" for k, v in SETTINGS.items()),
+        *(f"--override={k}={json.dumps(v)}" for k, v in overrides.items()),
+        *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()),
     ]
 
 
-def test_shard_splits_a_global_batch_into_contiguous_rank_slices() -> None:
-    batch = torch.arange(8)
-    slices = [shard(batch, Distributed(rank=r, world_size=2)).tolist() for r in range(2)]
-    assert slices == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert shard(batch, Distributed()) is batch
+def _run_ranks(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``unet-zoo train ARGS`` on 2 ranks; one thread each: they share this machine's cores."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        _torchrun(workdir, *args), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _the_run(workdir: Path) -> tuple[Path, str]:
+    """The folder and MLflow run id of the one run under ``workdir``."""
+    (run_dir,) = (workdir / EXPERIMENT).iterdir()
+    return run_dir, json.loads((run_dir / "run.json").read_text())["run_id"]
+
+
+def _history(tracker: Tracker, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in tracker.client.get_metric_history(run_id, key)}
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
-    # one thread per rank: 2 ranks share this machine's cores
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     workdir = tmp_path / "ddp"
-    done = subprocess.run(
-        _torchrun(workdir, *_new_run_args()),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    done = _run_ranks(workdir, *_run_args(OVERRIDES, SETTINGS), timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
-    (run_dir,) = (workdir / EXPERIMENT).iterdir()
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
 
     # one MLflow run, recorded once per epoch by rank 0, with the global batch and the world size
     (run,) = tracker.client.search_runs([tracker.experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.params["world_size"] == "2" and run.data.params["cfg.batch_size"] == "4"
-    history = {m.step: m.value for m in tracker.client.get_metric_history(run_id, "val_dice")}
-    losses = {m.step: m.value for m in tracker.client.get_metric_history(run_id, "train_loss")}
+    history = _history(tracker, run_id, "val_dice")
+    losses = _history(tracker, run_id, "train_loss")
     assert sorted(history) == sorted(losses) == [0, 1]
     assert (run_dir / "best.safetensors").is_file()
 
@@ -111,8 +111,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) 
     )
     single = Tracker(EXPERIMENT, workdir=tmp_path / "single")
     ref = train(config, tracker=single, workdir=tmp_path / "single", progress=False)
-    ref_history = {m.step: m.value for m in single.client.get_metric_history(ref.run_id, "val_dice")}
-    ref_losses = {m.step: m.value for m in single.client.get_metric_history(ref.run_id, "train_loss")}
+    ref_history = _history(single, ref.run_id, "val_dice")
+    ref_losses = _history(single, ref.run_id, "train_loss")
     assert losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-6)
     assert history == pytest.approx(ref_history, abs=1e-4)
     ddp_weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
@@ -125,21 +125,6 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) 
 # BatchNorm with sync_bn: statistics over the global batch, so 2 ranks normalise as one process would
 BN_SETTINGS: dict[str, object] = {**SETTINGS, "epochs": 3, "steps_per_epoch": 3, "sync_bn": True}
 BN_OVERRIDES = {"base_channels": 4, "norm": "batch"}
-
-
-def _bn_run_args() -> list[str]:
-    return [
-        "--model",
-        "unet_bn",
-        "--dataset",
-        "isbi2012",
-        *(f"--override={k}={json.dumps(v)}" for k, v in BN_OVERRIDES.items()),
-        *(f"--set={k}={json.dumps(v)}" for k, v in BN_SETTINGS.items()),
-    ]
-
-
-def _history(tracker: Tracker, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in tracker.client.get_metric_history(run_id, key)}
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +157,10 @@ def _assert_matches(reference: dict[str, object], tracker: Tracker, run_id: str,
 def test_sync_bn_two_ranks_match_one_process_batchnorm(
     tmp_path: Path, batchnorm_reference: dict[str, object]
 ) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     workdir = tmp_path / "ddp"
-    done = subprocess.run(
-        _torchrun(workdir, *_bn_run_args()), env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    done = _run_ranks(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS))
     assert done.returncode == 0, done.stdout + done.stderr
-    (run_dir,) = (workdir / EXPERIMENT).iterdir()
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
     assert tracker.run_status(run_id) == "FINISHED"
     assert tracker.client.get_run(run_id).data.params["cfg.sync_bn"] == "True"
@@ -190,13 +171,10 @@ def test_sync_bn_off_normalises_each_rank_slice_alone(
     tmp_path: Path, batchnorm_reference: dict[str, object]
 ) -> None:
     # the control: without sync_bn each rank's BatchNorm sees 2 images, not 4, and training differs
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     workdir = tmp_path / "ddp"
-    args = [a for a in _bn_run_args() if not a.startswith("--set=sync_bn=")] + ["--set=sync_bn=false"]
-    done = subprocess.run(_torchrun(workdir, *args), env=env, capture_output=True, text=True, timeout=300)
+    done = _run_ranks(workdir, *_run_args(BN_OVERRIDES, {**BN_SETTINGS, "sync_bn": False}))
     assert done.returncode == 0, done.stdout + done.stderr
-    (run_dir,) = (workdir / EXPERIMENT).iterdir()
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    _, run_id = _the_run(workdir)
     losses = _history(Tracker(EXPERIMENT, workdir=workdir), run_id, "train_loss")
     assert losses != pytest.approx(batchnorm_reference["loss"], rel=1e-4, abs=1e-6)
 
@@ -221,7 +199,7 @@ def test_killed_torchrun_run_resumes_into_the_same_run(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     workdir = tmp_path / "ddp"
     proc = subprocess.Popen(
-        _torchrun(workdir, *_bn_run_args()),
+        _torchrun(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS)),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -243,15 +221,12 @@ def test_killed_torchrun_run_resumes_into_the_same_run(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
-    (run_dir,) = runs_root.iterdir()
-    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
     assert tracker.run_status(run_id) == "RUNNING"
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] < 2  # unfinished
 
-    resume = ["--resume", str(run_dir)]
-    cmd = _torchrun(workdir, *resume)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = _run_ranks(workdir, "--resume", str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert tracker.run_status(run_id) == "FINISHED"
     assert len(tracker.client.search_runs([tracker.experiment_id])) == 1  # the same run, no new one
@@ -318,16 +293,7 @@ def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path
 def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(tmp_path: Path) -> None:
     # 5 training slices, global batch 4, 2 ranks, whole epochs: the last batch of 1 leaves a rank empty
     settings = {**SETTINGS, "epochs": 1, "steps_per_epoch": None, "synthetic": {"count": 7, "size": 96}}
-    args = [
-        "--model",
-        "unet_bn",
-        "--dataset",
-        "isbi2012",
-        *(f"--override={k}={json.dumps(v)}" for k, v in OVERRIDES.items()),
-        *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()),
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(_torchrun(tmp_path, *args), env=env, capture_output=True, text=True, timeout=240)
+    done = _run_ranks(tmp_path, *_run_args(OVERRIDES, settings), timeout=240)
     assert done.returncode != 0
     assert "an epoch of 5 crops ends with a global batch of 1, fewer samples than the 2 processes" in (
         done.stdout + done.stderr

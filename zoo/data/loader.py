@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,7 +171,11 @@ def make_loader(
     """
     if workers is None:
         workers = 0 if in_memory else min(4, os.cpu_count() or 1)
-    cuda = torch.device(device).type == "cuda"
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": torch.device(device).type == "cuda",
+    }
     if shard is not None:
         rank, world_size = shard
         sampler = ShardedBatchSampler(
@@ -185,17 +190,13 @@ def make_loader(
             data,
             batch_sampler=sampler,
             generator=torch.Generator().manual_seed(seed),  # worker seeds, not the global generator
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=cuda,
+            **common,
         )
     return DataLoader(
         data,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=cuda,
         drop_last=False,
+        **common,
     )

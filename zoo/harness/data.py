@@ -41,6 +41,11 @@ class RunData:
 STALE_TEMP_SECONDS = 3600
 
 
+def _temp_beside(root: Path) -> Path:
+    """A fresh name beside ``root`` for a twin being written or thrown away (matched by the sweep)."""
+    return root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
+
+
 def _remove_stale_temps(root: Path) -> None:
     """Temp folders of twins whose writer was killed (untouched for an hour): nobody will finish them."""
     for old in root.parent.glob(f".{root.name}.*.tmp"):
@@ -65,7 +70,7 @@ def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
         log.info("writing synthetic %s twin to %s", kind, root)
         root.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(root)
-        tmp = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"  # mkdir: the umask's mode, shared or not
+        tmp = _temp_beside(root)  # mkdir: the umask's mode, shared or not
         tmp.mkdir()
         if kind == "isbi2012":
             write_em_twin(tmp, count=count, seed=seed, size=size)
@@ -74,7 +79,7 @@ def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
         (tmp / ".complete").write_text("ok\n")
         if root.is_dir() and not done.is_file():  # left by an older version cut short
             # renamed away first (atomic: one process wins), so no one deletes a twin another just placed
-            trash = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
+            trash = _temp_beside(root)
             with contextlib.suppress(OSError):
                 os.rename(root, trash)
                 shutil.rmtree(trash, ignore_errors=True)

@@ -5,7 +5,7 @@ place from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). Outside t
 ``WORLD_SIZE``, or ``WORLD_SIZE=1``) everything here is a no-op and training is the single-process loop.
 
 The division of labour: every rank loads and augments its own part of each global batch (the
-distributed sampler ``zoo.data.loader.ShardedBatchSampler``; :func:`shard` cuts a tensor the same way),
+distributed sampler ``zoo.data.loader.ShardedBatchSampler``),
 the loss's sums are all-reduced so each rank differentiates the loss of the whole global batch
 (:func:`all_reduce_sum`), and DDP averages the gradients. Rank 0 alone records to MLflow, validates and
 writes files; its decisions reach the others through :func:`broadcast`.
@@ -33,7 +33,6 @@ __all__ = [
     "convert_sync_batchnorm",
     "env_rank",
     "session",
-    "shard",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,13 +104,6 @@ def session(device: torch.device) -> Iterator[tuple[Distributed, torch.device]]:
     finally:
         if owned:
             dist.destroy_process_group()
-
-
-def shard(batch: Tensor, ctx: Distributed) -> Tensor:
-    """This rank's contiguous slice of a global batch along dim 0 (all of it when not distributed)."""
-    if not ctx.enabled:
-        return batch
-    return torch.tensor_split(batch, ctx.world_size)[ctx.rank]
 
 
 class _SumOverRanks(torch.autograd.Function):

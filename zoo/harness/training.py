@@ -415,8 +415,9 @@ def _train(
                 weight = batch[2].to(device) if len(batch) > 2 else None
                 # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
                 # augmented as one process would augment it
-                part = sharded.part(i) if ctx.enabled else None
-                image, mask, weight = augment_batch(image, mask, weight, config=aug, generator=gen, part=part)
+                image, mask, weight = augment_batch(
+                    image, mask, weight, config=aug, generator=gen, part=sharded.part(i)
+                )
                 if channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
                 autocast: AbstractContextManager[object] = (
