@@ -202,6 +202,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
     from zoo.harness.distributed import env_rank
+    from zoo.harness.recipes import resolve_recipe
     from zoo.harness.training import train
 
     main_rank = env_rank() == 0  # under torchrun only rank 0 records and prints
@@ -209,8 +210,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         result = train(None, tracker=tracker, workdir=args.workdir, resume=args.resume)
     else:
-        if not args.model or not args.dataset:
-            raise ValueError("train needs --model and --dataset (or --resume RUN_DIR)")
         fields = {
             "model": args.model,
             "dataset": args.dataset,
@@ -218,10 +217,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "overrides": _key_values(args.override, "--override"),
             **_key_values(args.set, "--set"),
         }
-        result = train(TrainConfig.from_dict(fields), tracker=tracker, workdir=args.workdir)
+        if args.recipe:
+            cfg = resolve_recipe(args.recipe, fields)
+        elif not args.model or not args.dataset:
+            raise ValueError("train needs --recipe NAME, or --model and --dataset (or --resume RUN_DIR)")
+        else:
+            cfg = TrainConfig.from_dict(fields)
+        result = train(cfg, tracker=tracker, workdir=args.workdir)
     if main_rank:
         _print_results([(result.run_dir.name, result)])
         print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from zoo.harness.recipes import list_recipes
+
+    recipes = list_recipes(args.pattern)
+    if not recipes:
+        print(f"no recipe matches {args.pattern!r}; see `unet-zoo recipes`", file=sys.stderr)
+        return 1
+    if not args.show:
+        rows = [[r.name, r.dataset, ", ".join(r.models), r.description.split(": ")[0]] for r in recipes]
+        print(_table(rows, ["name", "dataset", "models", "what"], right=set()))
+        return 0
+    for r in recipes:
+        print(f"[{r.name}]  # {r.dataset}; models {', '.join(r.models)}")
+        for key, value in sorted(r.fields.items()):
+            print(f"{key} = {json.dumps(value)}")
+        print()
     return 0
 
 
@@ -416,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     _size_options(p)
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("recipes", help="named training recipes (`train --recipe NAME`)")
+    p.add_argument("pattern", nargs="?", default="*", help="shell wildcard on the name (default: all)")
+    p.add_argument("--show", action="store_true", help="every field of each recipe, as TOML")
+    p.set_defaults(func=_cmd_recipes)
+
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("verify", help="check a dataset folder against its card; exit 1 on any problem")
     p.add_argument("path")
@@ -479,8 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model on one dataset, or resume a killed run; data-parallel under "
         "torchrun --nproc-per-node N -m zoo.cli train ... (--set batch_size is the global batch)",
     )
-    p.add_argument("--model")
-    p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"])
+    p.add_argument(
+        "--recipe",
+        help="start from a named recipe (`unet-zoo recipes`); --model, --override, --set refine it",
+    )
+    p.add_argument("--model", help="registered model (default: the recipe's)")
+    p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"], help="default: the recipe's")
     p.add_argument(
         "--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16"
     )

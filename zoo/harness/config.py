@@ -20,6 +20,8 @@ class TrainConfig:
 
     Attributes:
         model: registered model name; ``overrides`` are passed to ``create_model``.
+        recipe: the recipe (``zoo.harness.recipes``) the other fields were resolved from, if any; recorded
+            with the run and its weights. Only a name: the fields themselves are the resolved values.
         dataset: "isbi2012", "carvana" (full resolution) or "carvana512".
         data_root: folder holding the dataset folders (e.g. ``../shared/data``); None: a synthetic twin.
         seed: drives initialisation, crops, augmentation and dropout (splits use ``split_seed``).
@@ -51,6 +53,7 @@ class TrainConfig:
 
     model: str
     dataset: str
+    recipe: str | None = None
     data_root: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

@@ -8,6 +8,7 @@ Format::
     datasets = ["isbi2012", "carvana"]
     seeds = [0]
     tiny = true                   # apply each model's `tiny` overrides (smoke runs)
+    recipes = ["short-isbi2012"]  # each run starts from the first recipe made for its model and dataset
 
     [train]                       # TrainConfig fields for every run
     epochs = 1
@@ -15,6 +16,10 @@ Format::
     resize = [96, 144]
     [model.unet]                  # fields for runs of one model (overrides merge)
     crop = 188
+
+Fields apply from the lowest to the highest: the run's recipe, ``[train]``, ``[dataset.X]``, ``[model.X]``,
+the CLI's ``--set``; model ``overrides`` merge key by key in that order (a ``tiny`` suite's just above the
+recipe's).
 
 ``run_suite(..., jobs=N)`` (``unet-zoo bench --jobs N``) trains N runs at once in worker processes that
 share the cores and record into the same store and parent run.
@@ -40,6 +45,7 @@ import tomllib
 
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
+from zoo.harness.recipes import get_recipe, recipe_for
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, train
 from zoo.registry import get_entry, list_models
@@ -96,13 +102,21 @@ def load_suite(
     chosen_datasets = list(datasets) if datasets else spec.get("datasets", ["isbi2012"])
     seed_list = list(range(seeds)) if seeds is not None else spec.get("seeds", [0])
     base = dict(spec.get("train", {}))
+    recipe_names = spec.get("recipes", [])
+    for recipe_name in recipe_names:
+        get_recipe(recipe_name)  # an unknown name fails here, with the close ones, before any run
     runs = []
     for dataset in chosen_datasets:
         for name in names:
+            recipe = recipe_for(recipe_names, name, dataset)
             for seed in seed_list:
-                fields: dict[str, Any] = {**base, **spec.get("dataset", {}).get(dataset, {})}
+                fields: dict[str, Any] = dict(recipe.fields) if recipe else {}
+                recipe_overrides = fields.pop("overrides", {})
+                fields.update(base)
+                fields.update(spec.get("dataset", {}).get(dataset, {}))
                 per_model = dict(spec.get("model", {}).get(name, {}))
                 overrides = {
+                    **recipe_overrides,
                     **(get_entry(name).tiny if spec.get("tiny") else {}),
                     **fields.pop("overrides", {}),
                     **per_model.pop("overrides", {}),
@@ -110,7 +124,12 @@ def load_suite(
                 fields.update(per_model)
                 fields.update(extra or {})
                 fields.update(
-                    model=name, dataset=dataset, seed=seed, overrides=overrides, data_root=data_root
+                    model=name,
+                    dataset=dataset,
+                    seed=seed,
+                    overrides=overrides,
+                    data_root=data_root,
+                    recipe=recipe.name if recipe else None,
                 )
                 runs.append(TrainConfig.from_dict(fields))
     return Suite(spec.get("name", path.stem), spec.get("description", ""), runs)

@@ -1,0 +1,145 @@
+"""Training recipes: named, versioned settings that train one model family on one dataset well.
+
+A recipe is data (``zoo/harness/recipes.toml``): the optimiser, learning rate and schedule, loss,
+augmentation, crop, batch and budget, as :class:`~zoo.harness.config.TrainConfig` fields, plus the model
+patterns and the dataset it was made for. ``unet-zoo train --recipe NAME`` trains with it (any field still
+overridable with ``--set``), suites name the recipes their runs start from, and every run records the
+recipe's name (``cfg.recipe``) beside its resolved config, as do the weights published from it: the
+reference recipes that torchvision's weights record, kept in one file.
+
+Resolution, lowest to highest: ``TrainConfig``'s defaults, the recipe's fields, the caller's fields.
+Model overrides (``overrides``) merge key by key in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from zoo.harness.config import TrainConfig
+
+__all__ = ["RECIPES_FILE", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes", "resolve_recipe"]
+
+RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+_META = ("description", "models", "dataset", "reference")
+
+
+class UnknownRecipeError(ValueError):
+    """No recipe of that name; the message lists the close and the known ones."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe.
+
+    Attributes:
+        name: how suites, the CLI, runs and weights refer to it.
+        description: what it is for, on what hardware, how long it takes.
+        models: registry patterns of the models it was made for; the first is the default model.
+        dataset: the dataset it was made for.
+        fields: ``TrainConfig`` fields (the dataset and model excepted).
+        reference: where its settings and expected results come from (a measurement, a paper).
+    """
+
+    name: str
+    description: str
+    models: tuple[str, ...]
+    dataset: str
+    fields: Mapping[str, Any]
+    reference: str = ""
+
+    def applies_to(self, model: str, dataset: str) -> bool:
+        return dataset == self.dataset and any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+
+def _parse(name: str, table: Mapping[str, Any], origin: str) -> Recipe:
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "dataset", "recipe", "data_root"}
+    fields = {k: v for k, v in table.items() if k not in _META}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        hints = [f"{k!r} -> {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, known, 1))]
+        raise ValueError(
+            f"{origin}: recipe {name!r} has unknown field(s) {unknown} {' '.join(hints)}; recipe fields are "
+            f"{', '.join(_META)} and the TrainConfig fields {', '.join(sorted(known))}"
+        )
+    missing = [k for k in ("description", "models", "dataset") if k not in table]
+    if missing:
+        raise ValueError(f"{origin}: recipe {name!r} lacks {', '.join(missing)}")
+    models = table["models"]
+    if isinstance(models, str) or not models:
+        raise ValueError(f"{origin}: recipe {name!r}: models must be a non-empty list of registry patterns")
+    return Recipe(
+        name, table["description"], tuple(models), table["dataset"], fields, table.get("reference", "")
+    )
+
+
+def load_recipes(path: str | Path = RECIPES_FILE) -> dict[str, Recipe]:
+    """Every recipe of a recipes file, by name; each checked against ``TrainConfig``'s fields."""
+    path = Path(path)
+    spec = tomllib.loads(path.read_text())
+    recipes = {name: _parse(name, table, str(path)) for name, table in spec.items()}
+    for recipe in recipes.values():  # the full check of values (choices, ranges) that TrainConfig does
+        resolve_recipe(recipe, {})
+    return recipes
+
+
+@cache
+def _builtin() -> dict[str, Recipe]:
+    return load_recipes(RECIPES_FILE)
+
+
+def list_recipes(pattern: str = "*") -> list[Recipe]:
+    """The built-in recipes whose names match the shell wildcard ``pattern``, sorted by name."""
+    return [r for name, r in sorted(_builtin().items()) if fnmatch.fnmatchcase(name, pattern)]
+
+
+def get_recipe(name: str) -> Recipe:
+    """A built-in recipe by name; an unknown name fails with the closest names."""
+    recipes = _builtin()
+    if name not in recipes:
+        close = difflib.get_close_matches(name, recipes, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UnknownRecipeError(
+            f"unknown recipe {name!r}.{hint} Known recipes: {', '.join(sorted(recipes))} (`unet-zoo recipes`)"
+        )
+    return recipes[name]
+
+
+def resolve_recipe(recipe: str | Recipe, fields: Mapping[str, Any]) -> TrainConfig:
+    """The config of a run that starts from ``recipe`` and sets ``fields`` on top (``overrides`` merged).
+
+    ``model`` defaults to the recipe's first model, ``dataset`` to its dataset; a dataset other than the
+    recipe's is refused (its crop, loss and budget were made for that data).
+    """
+    r = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    dataset = fields.get("dataset") or r.dataset
+    if dataset != r.dataset:
+        raise ValueError(
+            f"recipe {r.name!r} is made for dataset {r.dataset!r}, not {dataset!r}; pick a recipe for "
+            f"{dataset!r} (`unet-zoo recipes`) or set the fields yourself with --set"
+        )
+    merged: dict[str, Any] = {**r.fields, **fields}
+    merged["overrides"] = {**r.fields.get("overrides", {}), **(fields.get("overrides") or {})}
+    merged.update(model=fields.get("model") or r.default_model, dataset=dataset, recipe=r.name)
+    return TrainConfig.from_dict(merged)
+
+
+def recipe_for(names: list[str], model: str, dataset: str) -> Recipe | None:
+    """The first of the recipes ``names`` made for ``model`` on ``dataset`` (a suite's ``recipes`` list)."""
+    for name in names:
+        recipe = get_recipe(name)
+        if recipe.applies_to(model, dataset):
+            return recipe
+    return None
