@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 import zoo.harness.training as train_module
 from zoo.harness import NonFiniteLossError, Tracker, TrainConfig, load_suite, run_suite, train
+from zoo.harness.tracking import QUALITY_KEYS
 
 TINY = {
     "epochs": 2,
@@ -91,8 +92,12 @@ def test_smoke_suite_records_complete_runs_under_a_parent(
     for key in (
         "dice",
         "iou",
+        "misclassified",
         "pixel_error",
         "rand_error",
+        "vrand",
+        "vinfo",
+        "rand_error_argmax",
         "params",
         "gflops",
         "train_images_per_s",
@@ -125,9 +130,9 @@ def test_evaluate_cli_reproduces_the_recorded_quality(
     tracker, workdir, outcomes = smoke_runs
     result = dict(outcomes)["unet_bn-isbi2012-s0"]
     assert main(["evaluate", str(result.run_dir), "--workdir", str(workdir)]) == 0  # type: ignore[attr-defined]
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:4])
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[: len(QUALITY_KEYS)])
     recorded = tracker.client.get_run(result.run_id).data.metrics  # type: ignore[attr-defined]
-    for key in ("dice", "iou", "pixel_error", "rand_error"):
+    for key in QUALITY_KEYS:
         assert float(printed[key]) == pytest.approx(recorded[key], abs=6e-5), key
 
 

@@ -21,10 +21,13 @@ from safetensors import safe_open
 from zoo import create_model
 from zoo.harness import Tracker, TrainConfig, train
 from zoo.harness.publish import DataUnavailableError, publish_run, reproduce_metrics
+from zoo.harness.recipes import resolve_recipe
+from zoo.harness.tracking import QUALITY_KEYS
 from zoo.weights import (
     ChecksumError,
     DownloadError,
     OfflineError,
+    TrainingScale,
     WeightsEntry,
     WeightsError,
     WeightsMismatchError,
@@ -364,10 +367,9 @@ def test_cli_downloads_lists_and_verifies_through_a_manifest(
 
 
 def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(tmp_path: Path) -> None:
-    cfg = TrainConfig.from_dict(
+    cfg = resolve_recipe(
+        "unet_bn-isbi2012-cpu",
         {
-            "model": "unet_bn",
-            "dataset": "isbi2012",
             "overrides": {"base_channels": 4},
             "epochs": 1,
             "steps_per_epoch": 2,
@@ -377,19 +379,30 @@ def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(t
             "synthetic": {"count": 6, "size": 96},
             "folds": 3,
             "fold": 2,
-        }
+        },
     )
     tracker = Tracker("publish-test", workdir=tmp_path / "work")
     result = train(cfg, tracker=tracker, workdir=tmp_path / "work")
     out = tmp_path / "published"
     entry = publish_run(result.run_id[:8], tracking_uri=tracker.uri, out_dir=out, tag="tiny")
     assert entry.name == "unet_bn.tiny" and entry.run_id == result.run_id
+    # the recipe and the resolved config it trained with, and what training cost
+    assert entry.recipe == "unet_bn-isbi2012-cpu"
+    assert entry.train_config == {k: v for k, v in cfg.to_dict().items() if k != "data_root"}
+    assert TrainConfig.from_dict(entry.train_config) == cfg
+    assert entry.training["epochs"] == 1 and entry.training["best_epoch"] == 0
+    assert entry.training["device"] and 0 < entry.training["minutes"] < 30
     recorded = tracker.client.get_run(result.run_id).data.metrics
-    assert entry.metrics == {k: recorded[k] for k in ("dice", "iou", "pixel_error", "rand_error")}
+    assert entry.metrics == {k: recorded[k] for k in QUALITY_KEYS}
     [listed] = load_manifest([out / "manifest.json"])
     assert listed == dataclasses.replace(entry, location=None)
     model = load_entry(listed)
-    state, _ = read_weights(result.run_dir / "best.safetensors")
+    state, run_metadata = read_weights(result.run_dir / "best.safetensors")
+    # the scale it was trained at (the twin's 96x96 slices, not resized), in the entry and both files
+    assert entry.training_scale == TrainingScale(resize=None, image_size=(96, 96))
+    _, published_metadata = read_weights(out / "unet_bn.tiny.safetensors")
+    assert TrainingScale.from_record(published_metadata) == entry.training_scale
+    assert TrainingScale.from_record(run_metadata) == entry.training_scale
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     with pytest.raises(ValueError, match=r"already has unet_bn\.tiny"):

@@ -1,7 +1,12 @@
 """Segment image files of any size with a zoo model: the library behind ``unet-zoo predict``.
 
-Each input is predicted whole through :mod:`zoo.tiling` (overlap-tile inference; optional test-time
-augmentation) and its results are written to the output folder, named after the input:
+Each input is first brought to the scale the weights were trained at (:func:`prediction_size`): weights
+trained on resized images (:class:`zoo.weights.TrainingScale`, e.g. Carvana photos squashed to 192x192)
+get every input resized the same way, and the class probabilities are resampled back to the input's size
+(bilinear) before the argmax, so outputs always have the input's size. ``scale`` overrides this
+(``"none"``, a factor, or ``(H, W)``). The image at that size is predicted whole through
+:mod:`zoo.tiling` (overlap-tile inference; optional test-time augmentation) and its results are written
+to the output folder, named after the input:
 
 - ``<stem>_mask.png`` for PNG, JPEG, GIF and BMP inputs, ``<stem>_mask.tif`` (one page per input page)
   for TIFF stacks: class indices ``0 .. K-1`` as 8-bit pixels. Never JPEG: masks stay lossless.
@@ -29,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from zoo.data.datasets import resize_image
 from zoo.data.io import DataError, read_image, read_stack, write_image, write_stack
 from zoo.models.base import SegmentationModel
 from zoo.tiling import (
@@ -41,17 +48,24 @@ from zoo.tiling import (
     predict_labels,
     predict_probabilities,
 )
+from zoo.weights import TrainingScale
 
 __all__ = [
+    "FAR_FROM_SCALE",
     "IMAGE_SUFFIXES",
     "STACK_SUFFIXES",
     "PredictOutcome",
+    "Scale",
     "add_parser",
     "collect_inputs",
     "output_paths",
     "overlay",
+    "parse_scale",
     "predict_files",
+    "prediction_size",
+    "resample_probabilities",
     "run",
+    "scale_warning",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,15 +80,35 @@ _PALETTE = np.array(
 )
 
 
+Scale = str | float | tuple[int, int]
+"""What ``scale`` accepts: ``"auto"`` (the weights' training scale), ``"none"`` (the input's own size), a
+factor (``0.5``: half the height and the width) or a size ``(H, W)``."""
+
+FAR_FROM_SCALE = 2.0
+"""Weights trained without a resize expect inputs at their training images' pixel scale, which predict
+cannot see; it warns when an input's height or width is more than this factor above or below the
+training images' (a hint that the pixels may be at another scale)."""
+
+_SCALE_CHOICES = "auto, none, a size HxW (height x width, e.g. 192x192) or a factor (e.g. 0.5)"
+# resampled probabilities are turned into labels band by band within about this many bytes, so that a
+# huge input predicted at a smaller scale never holds full-size probabilities (unless they are written)
+_BAND_BYTES = 64 << 20
+
+
 @dataclass
 class PredictOutcome:
-    """What happened to one input: the files written, the pages predicted, or why it failed."""
+    """What happened to one input: the files written, the pages predicted, or why it failed; the size
+    ``(H, W)`` the model saw (the input's own, or its resampled one) and the scale rule that chose it;
+    warnings about it (an input far from the training images' size)."""
 
     input: Path
     outputs: list[Path] = field(default_factory=list)
     pages: int = 0
     seconds: float = 0.0
     error: str | None = None
+    size: tuple[int, int] | None = None
+    scale: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -131,6 +165,155 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _checked_scale(scale: Scale) -> Scale:
+    if isinstance(scale, str) and scale in ("auto", "none"):
+        return scale
+    if (
+        isinstance(scale, tuple)
+        and len(scale) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in scale)
+    ):
+        return scale
+    if isinstance(scale, int | float) and not isinstance(scale, bool) and 0 < scale < float("inf"):
+        return float(scale)
+    raise ValueError(f"scale={scale!r} is not a scale; use {_SCALE_CHOICES}")
+
+
+def parse_scale(text: str) -> Scale:
+    """The :data:`Scale` that ``--scale`` text names: ``auto``, ``none``, ``HxW`` or a factor.
+
+    Raises:
+        ValueError: anything else, with the forms accepted.
+    """
+    value = text.strip().lower()
+    if value in ("auto", "none"):
+        return value
+    try:
+        if "x" in value:
+            h, _, w = value.partition("x")
+            parsed: Scale = (int(h), int(w))
+        else:
+            parsed = float(value)
+    except ValueError:
+        raise ValueError(f"scale {text!r} is not a scale; use {_SCALE_CHOICES}") from None
+    return _checked_scale(parsed)
+
+
+def prediction_size(
+    size: tuple[int, int], scale: Scale = "auto", training: TrainingScale | None = None
+) -> tuple[tuple[int, int], str]:
+    """The ``(H, W)`` at which an input of ``size`` is predicted, and the rule that chose it, in words.
+
+    - ``"auto"``: the training scale's ``resize`` when the weights record one (every input resized to it,
+      aspect ratio not kept, as the training images were), else the input's own size;
+    - ``"none"``: the input's own size; a factor ``f``: ``(round(f * H), round(f * W))``, at least 1;
+      ``(H, W)``: that size.
+
+    Raises:
+        ValueError: a ``scale`` that is none of these.
+    """
+    scale = _checked_scale(scale)
+    h, w = size
+    if scale == "auto":
+        if training is not None and training.resize is not None:
+            return training.resize, "the weights' training scale"
+        return size, "the input's size: the weights record no resize"
+    if scale == "none":
+        return size, "the input's size: scale none"
+    if isinstance(scale, tuple):
+        return scale, "the size asked for"
+    assert isinstance(scale, float)
+    return (max(1, round(h * scale)), max(1, round(w * scale))), f"factor {scale:g} of the input's size"
+
+
+def scale_warning(
+    size: tuple[int, int], training: TrainingScale | None, *, weights: str = "the weights"
+) -> str | None:
+    """Why an input of ``size``, predicted at its own size by ``weights`` trained without a resize, may be
+    at another pixel scale than the training images: a side more than :data:`FAR_FROM_SCALE` times the
+    training images' or less than its inverse. None when that is not the case, when the weights record
+    a resize (predict then applies it), or when they do not record their training images' size."""
+    if training is None or training.resize is not None or training.image_size is None:
+        return None
+    ratios = [n / t for n, t in zip(size, training.image_size, strict=True)]
+    if all(1 / FAR_FROM_SCALE <= r <= FAR_FROM_SCALE for r in ratios):
+        return None
+    factor = float(f"{(1 / (ratios[0] * ratios[1])) ** 0.5:.2g}")
+    return (
+        f"{_hw(size)} is more than {FAR_FROM_SCALE:g}x off the {_hw(training.image_size)} (height x width) "
+        f"images {weights} were trained on at their own scale. If its pixels are at the training images' "
+        f"scale (a larger or smaller field of view), ignore this; otherwise predict it resampled to that "
+        f"scale, e.g. with --scale {factor:g}"
+    )
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    # pixel centres aligned (align_corners=False), as torch's bilinear interpolation and Pillow place them
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo, hi, (src - lo).float()
+
+
+def _resampled_bands(
+    probabilities: Tensor, size: tuple[int, int], *, band_bytes: int = _BAND_BYTES
+) -> Iterator[tuple[int, Tensor]]:
+    """``(top, band)``: bilinear resampling of ``probabilities (B, K, h, w)`` to ``size``, a band of
+    output rows at a time (each ``(B, K, rows, W)``), so no full-size tensor is ever made."""
+    b, k, h, w = probabilities.shape
+    out_h, out_w = size
+    row_lo, row_hi, row_t = _linear_taps(h, out_h)
+    col_lo, col_hi, col_t = _linear_taps(w, out_w)
+    rows = max(1, band_bytes // (4 * b * k * max(w, out_w) * 4))  # ~4 float32 temporaries per band
+    for top in range(0, out_h, rows):
+        sl = slice(top, min(top + rows, out_h))
+        t = row_t[sl].view(-1, 1)
+        band = torch.lerp(probabilities[:, :, row_lo[sl]], probabilities[:, :, row_hi[sl]], t)
+        yield top, torch.lerp(band[..., col_lo], band[..., col_hi], col_t)
+
+
+def resample_probabilities(probabilities: Tensor, size: tuple[int, int]) -> Tensor:
+    """Class probabilities ``(B, K, h, w)`` resampled bilinearly to ``(B, K, H, W)`` with ``size = (H,
+    W)`` (pixel centres aligned: equal to ``F.interpolate(mode="bilinear", align_corners=False)``). A
+    weighted mean of probabilities: the classes still sum to one at every pixel."""
+    out = torch.empty(*probabilities.shape[:2], *size, dtype=probabilities.dtype)
+    for top, band in _resampled_bands(probabilities, size):
+        out[:, :, top : top + band.shape[2]] = band
+    return out
+
+
+def _predict_page(
+    model: SegmentationModel,
+    page: np.ndarray,
+    size: tuple[int, int],
+    probabilities: bool,
+    options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels ``(H, W)`` of a page ``(H, W, C)`` predicted at ``size``, and its probabilities
+    ``(K, H, W)`` when asked; both at the page's own size."""
+    own = page.shape[:2]
+    if size == own:  # tiling alone: memory bounded by the tile and band sizes, whatever the image size
+        x = torch.from_numpy(page).permute(2, 0, 1)  # (C, H, W) uint8: tiling scales it tile by tile
+        if not probabilities:
+            return predict_labels(model, x, **options)[0].numpy(), None
+        probs = predict_probabilities(model, x, **options)
+        return labels_from_probabilities(probs)[0].numpy(), probs[0].numpy()
+    # the image is resampled as the training images were, and the class probabilities back rather than
+    # the labels: boundaries then follow the interpolated probabilities at the input's resolution instead
+    # of the blocks of the coarse pixels
+    x = torch.from_numpy(resize_image(page, size)).permute(2, 0, 1)
+    probs = predict_probabilities(model, x, **options)
+    if probabilities:
+        full = resample_probabilities(probs, own)
+        return labels_from_probabilities(full)[0].numpy(), full[0].numpy()
+    bands = [labels_from_probabilities(band)[0].numpy() for _, band in _resampled_bands(probs, own)]
+    return np.concatenate(bands), None
+
+
 @contextlib.contextmanager
 def _large_images_allowed() -> Iterator[None]:
     # Pillow refuses images above ~179 Mpx as "decompression bombs" (a guard for untrusted web uploads);
@@ -171,23 +354,30 @@ def _write_float_pages(path: Path, pages: Sequence[np.ndarray]) -> None:
 
 def _predict_one(
     model: SegmentationModel,
-    path: Path,
+    outcome: PredictOutcome,
     outputs: dict[str, Path],
+    scale: Scale,
     options: dict[str, Any],
-) -> int:
+) -> None:
+    """Predict ``outcome.input`` into ``outputs``, recording its pages, size, scale rule and warnings."""
+    path = outcome.input
     with _large_images_allowed():
         pages = _read_pages(path, model.in_channels)
+    training: TrainingScale | None = getattr(model, "training_scale", None)
+    own = pages.shape[1:3]
+    outcome.size, outcome.scale = prediction_size(own, scale, training)
+    if scale == "auto" and outcome.size == own:
+        weights = getattr(model, "pretrained_weights", None) or "the weights"
+        warning = scale_warning(own, training, weights=weights)
+        if warning is not None:
+            outcome.warnings.append(f"{path}: {warning}")
     masks: list[np.ndarray] = []
     probability_pages: list[np.ndarray] = []
     overlays: list[np.ndarray] = []
     for page in pages:
-        x = torch.from_numpy(page).permute(2, 0, 1)  # (C, H, W) uint8: tiling scales it tile by tile
-        if "probabilities" in outputs:
-            probs = predict_probabilities(model, x, **options)
-            labels = labels_from_probabilities(probs)[0].numpy()
-            probability_pages.extend(probs[0].numpy())
-        else:
-            labels = predict_labels(model, x, **options)[0].numpy()
+        labels, probs = _predict_page(model, page, outcome.size, "probabilities" in outputs, options)
+        if probs is not None:
+            probability_pages.extend(probs)
         masks.append(labels)
         if "overlay" in outputs:
             overlays.append(overlay(page, labels))
@@ -203,7 +393,7 @@ def _predict_one(
             write_stack(outputs["overlay"], overlays)
         else:
             write_image(outputs["overlay"], overlays[0])
-    return len(pages)
+    outcome.pages = len(pages)
 
 
 def _conflict(outputs: dict[str, Path], inputs: set[Path], claimed: dict[Path, Path]) -> str | None:
@@ -224,6 +414,7 @@ def predict_files(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
+    scale: Scale = "auto",
     tta: str = "none",
     tile: int | None = None,
     overlap: int | None = None,
@@ -239,6 +430,11 @@ def predict_files(
 
     Args:
         model: a zoo model with its weights; moved to ``device`` (and channels-last when used).
+        scale: the size each input is predicted at (:func:`prediction_size`): ``"auto"`` (default) the
+            training scale of the model's weights (``model.training_scale``, set by ``create_model(...,
+            weights=...)``); ``"none"`` the input's size; a factor; or ``(H, W)``. Outputs always have
+            the input's size. An input predicted at its own size that is far from the size of the images
+            the weights were trained on gets a warning (:func:`scale_warning`), logged and returned.
         tta: ``"none"``, ``"flips"`` or ``"d4"`` (:func:`zoo.tiling.predict_probabilities`).
         tile, overlap, batch_size: tiling options (:func:`zoo.tiling.predict_logits`).
         probabilities, overlays: also write ``<stem>_prob.tif`` / ``<stem>_overlay.*`` (module docstring).
@@ -252,7 +448,7 @@ def predict_files(
         overwrite an input or another input's outputs) are logged and returned, never raised.
 
     Raises:
-        ValueError: a model whose input channels or classes predict cannot read or write.
+        ValueError: a model whose input channels or classes predict cannot read or write; a bad scale.
     """
     from zoo.harness.training import resolve_amp, resolve_channels_last, resolve_device
 
@@ -263,6 +459,7 @@ def predict_files(
         )
     if model.num_classes > 256:
         raise ValueError(f"{model.num_classes} classes do not fit 8-bit mask files (at most 256)")
+    scale = _checked_scale(scale)
     dev = next(model.parameters()).device if device is None else resolve_device(str(device))
     dtype = resolve_amp(amp, dev)
     use_channels_last = resolve_channels_last(channels_last, dtype)
@@ -312,12 +509,14 @@ def predict_files(
             else:
                 claimed.update({t.resolve(): path for t in targets.values()})
                 try:
-                    outcome.pages = _predict_one(model, path, targets, options)
+                    _predict_one(model, outcome, targets, scale, options)
                     outcome.outputs = list(targets.values())
                 except (DataError, OSError) as err:
                     # the reason names the file (DataError) or the failing path (OSError)
                     outcome.error = str(err) if str(path) in str(err) else f"{path}: {err}"
             outcome.seconds = time.perf_counter() - start
+            for warning in outcome.warnings:
+                log.warning("%s", warning)
             if outcome.error is not None:
                 log.error("%s", outcome.error)
             outcomes.append(outcome)
@@ -332,7 +531,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "predict",
         help="segment images of any size with a model and its weights (overlap-tile inference)",
         description=(
-            "Segment images of any size: overlap-tile inference with mirror padding (valid-convolution "
+            "Segment images of any size: each input is brought to the scale its weights were trained at "
+            "(see --scale), then overlap-tile inference with mirror padding (valid-convolution "
             "models stitch exactly; padded models blend overlapping windows). Writes <stem>_mask.png "
             "(class indices; <stem>_mask.tif for TIFF stacks) into --out; unreadable inputs are reported "
             "and skipped, and the exit code is 1 if any input failed."
@@ -352,6 +552,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a weights tag of the model or a .safetensors file",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument(
+        "--scale",
+        type=_scale_arg,
+        default="auto",
+        metavar="auto|none|HxW|FACTOR",
+        help="the size each input is predicted at; masks, probabilities and overlays always have the "
+        "input's size (probabilities resampled bilinearly). auto (default): the weights' training scale "
+        "(e.g. 192x192 for weights trained on images resized to it), else the input's size; none: the "
+        "input's size; HxW (height x width, e.g. 192x192); or a factor of the input's size (e.g. 0.5)",
+    )
     p.add_argument(
         "--tta",
         choices=list(TTA_MODES),
@@ -394,6 +604,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _scale_arg(text: str) -> Scale:
+    try:
+        return parse_scale(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """``unet-zoo predict``: 0 when every input was predicted, 1 when some failed, 2 for a bad model."""
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -415,6 +632,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             args.inputs,
             args.out,
+            scale=args.scale,
             tta=args.tta,
             tile=args.tile,
             overlap=args.overlap,
@@ -432,6 +650,18 @@ def run(args: argparse.Namespace) -> int:
         f"predicted {len(done)} of {len(outcomes)} input(s) ({pages} image(s)) into {args.out} "
         f"in {time.perf_counter() - start:.1f} s (tta={args.tta})"
     )
+    rules: dict[str, list[PredictOutcome]] = {}
+    for o in done:
+        rules.setdefault(o.scale, []).append(o)
+    for rule, group in rules.items():
+        sizes = sorted({_hw(o.size) for o in group if o.size is not None})
+        shown = ", ".join(sizes[:3]) + (f" and {len(sizes) - 3} more" if len(sizes) > 3 else "")
+        print(f"scale: {len(group)} input(s) predicted at {shown} ({rule}); outputs at each input's size")
+    warnings = [w for o in outcomes for w in o.warnings]
+    if warnings:
+        print(f"{len(warnings)} warning(s):", file=sys.stderr)
+        for w in warnings:
+            print(f"  {w}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} input(s) failed:", file=sys.stderr)
         for o in failed:

@@ -47,6 +47,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "OfflineError",
+    "TrainingScale",
     "WeightsEntry",
     "WeightsError",
     "WeightsMismatchError",
@@ -99,6 +100,71 @@ class WeightsMismatchError(ValueError):
     """The requested weights do not fit the requested model, arguments, channels or classes."""
 
 
+def _size_pair(value: Any, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name}={value!r} is not null or [H, W] (two positive ints)")
+
+
+@dataclass(frozen=True)
+class TrainingScale:
+    """The pixel scale weights were trained at: what ``unet-zoo predict`` brings its inputs to.
+
+    The rule, defined here once: a run that resized its images (the training config's ``resize``,
+    ``(H, W)``, aspect ratio not kept) made a model that expects every input resized to ``resize``;
+    a run without one saw its images at their stored pixel scale, and its model expects inputs at that
+    scale, whatever their size. ``image_size`` is the training images' ``(H, W)`` as the model saw them
+    (``resize`` when there is one): nothing is resampled by it, it only lets predict warn about inputs
+    far from the training images' size. Either may be None when it was not recorded.
+
+    Recorded in a manifest entry's ``evaluation`` and in the metadata of the files the harness writes,
+    both as :meth:`as_record` gives it; read back by :meth:`from_record`.
+    """
+
+    resize: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        resize, image_size = _size_pair(self.resize, "resize"), _size_pair(self.image_size, "image_size")
+        object.__setattr__(self, "resize", resize)
+        object.__setattr__(self, "image_size", image_size or resize)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, origin: str = "weights") -> TrainingScale:
+        """Read ``resize`` and ``image_size`` from a manifest entry's ``evaluation`` (lists) or a file's
+        metadata (JSON text); absent keys are None.
+
+        Raises:
+            WeightsError: a value that is not null or ``[H, W]``, naming ``origin``.
+        """
+        values = {}
+        try:
+            for key in ("resize", "image_size"):
+                value = record.get(key)
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except ValueError:
+                        raise ValueError(f"{key}={value!r} is not JSON null or [H, W]") from None
+                values[key] = value
+            return cls(**values)
+        except ValueError as err:
+            raise WeightsError(f"{origin}: {err}; fix the manifest entry or re-publish the weights") from None
+
+    def as_record(self) -> dict[str, list[int] | None]:
+        """``{"resize": [H, W] | None, "image_size": [H, W] | None}``, as manifests and files store it."""
+        return {
+            "resize": list(self.resize) if self.resize else None,
+            "image_size": list(self.image_size) if self.image_size else None,
+        }
+
+
 @dataclass(frozen=True)
 class WeightsEntry:
     """One checkpoint. ``name`` is ``MODEL.TAG``; ``file`` is the file's name in the package or cache."""
@@ -113,7 +179,8 @@ class WeightsEntry:
     split: dict[str, Any]
     """How the validation set was chosen, and ``val_items``: the names of the images evaluated."""
     evaluation: dict[str, Any]
-    """How the metrics were measured: ``dtype``, ``channels_last``, ``batch_size``, ``resize``, ``rand``."""
+    """How the metrics were measured: ``dtype``, ``channels_last``, ``batch_size``, ``resize``, ``isbi``;
+    ``resize`` and ``image_size`` are also the training scale (:attr:`training_scale`)."""
     metrics: dict[str, float]
     params: int
     file: str
@@ -126,6 +193,13 @@ class WeightsEntry:
     git_commit: str = ""
     default: bool = False
     notes: str = ""
+    recipe: str = ""
+    """The training recipe's name (``zoo/harness/recipes.toml``); empty for runs made without one."""
+    train_config: dict[str, Any] = field(default_factory=dict)
+    """The run's resolved training config (every ``TrainConfig`` field but the machine's data path)."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """What training cost: ``device`` (its name), ``minutes`` (the run's wall time, validation included),
+    ``epochs`` (run) and ``best_epoch``."""
     extra: dict[str, Any] = field(default_factory=dict)
     location: str | None = field(default=None, compare=False, repr=False)
     """Folder of a packaged file: its manifest's folder (set when read; not stored in the manifest)."""
@@ -133,6 +207,11 @@ class WeightsEntry:
     @property
     def name(self) -> str:
         return f"{self.model}.{self.tag}"
+
+    @property
+    def training_scale(self) -> TrainingScale:
+        """The scale the weights were trained at (:class:`TrainingScale`), from ``evaluation``."""
+        return TrainingScale.from_record(self.evaluation, origin=self.name)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "manifest") -> WeightsEntry:
@@ -580,7 +659,7 @@ def _entry_from_file(path: Path, metadata: Mapping[str, str], name: str) -> Weig
         num_classes=classes,
         dataset=metadata.get("dataset", ""),
         split={},
-        evaluation={},
+        evaluation=TrainingScale.from_record(metadata, origin=str(path)).as_record(),
         metrics={},
         params=0,
         file=path.name,
@@ -655,6 +734,8 @@ def build_model_with(entry: WeightsEntry, state: Mapping[str, torch.Tensor], *, 
         entry.model, entry.model_args, entry.in_channels, entry.num_classes, state, source=source
     )
     model.pretrained_weights = entry.name  # type: ignore[assignment]
+    # beside the name, the scale predict brings inputs to (read as predict's scale="auto")
+    model.training_scale = entry.training_scale  # type: ignore[assignment]
     return model
 
 

@@ -32,11 +32,22 @@ __all__ = [
     "Item",
     "SegmentationDataset",
     "detect_layout",
+    "resize_image",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 image ``(H, W)`` or ``(H, W, C)`` resampled to ``size = (H', W')``, aspect ratio not kept:
+    Pillow's bilinear filter, which widens with the reduction (antialiased). The one resampling of
+    images: datasets resize with it, and ``unet-zoo predict`` brings inputs to a training scale with it."""
+    h, w = size
+    if image.ndim == 3 and image.shape[2] == 1:
+        return resize_image(image[..., 0], size)[..., None]
+    return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.resize is None or image.shape[:2] == self.resize:
             return image, mask
         h, w = self.resize
-        img = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        img = resize_image(image, self.resize)
         # nearest-neighbour keeps the mask integer and its classes exact
         msk = np.array(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
         return img, msk.astype(np.int64)

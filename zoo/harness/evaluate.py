@@ -22,16 +22,18 @@ def evaluate(
     dataset: SegmentationDataset,
     indices: Sequence[int],
     *,
-    rand: bool = False,
+    isbi: bool = False,
     batch_size: int = 4,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     max_images: int | None = None,
 ) -> dict[str, float]:
-    """Quality on ``dataset[indices]``: Dice, IoU, pixel error (and Rand error when ``rand``), each per
-    image then averaged (``zoo.metrics``). The model is left in the mode it was in."""
+    """Quality on ``dataset[indices]`` (``zoo.metrics``): Dice, IoU and the misclassified fraction of the
+    argmax, each per image then averaged; with ``isbi``, also the ISBI 2012 challenge's figures from the
+    softmax probabilities (``pixel_error``, ``rand_error``, ``vrand``, ``vinfo``) and ``rand_error_argmax``.
+    The model is left in the mode it was in."""
     chosen = list(indices)[: max_images if max_images is not None else None]
-    acc = MetricAccumulator(dataset.num_classes, rand=rand)
+    acc = MetricAccumulator(dataset.num_classes, isbi=isbi)
     for start in range(0, len(chosen), batch_size):
         samples = [dataset[i] for i in chosen[start : start + batch_size]]
         images = torch.stack([s[0] for s in samples])
@@ -39,7 +41,8 @@ def evaluate(
         logits = predict_logits(
             model, images, batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last
         )
-        acc.update(logits.argmax(1), masks)
+        probs = logits.float().softmax(1) if isbi else None  # the challenge thresholds probabilities
+        acc.update(logits.argmax(1), masks, probs=probs)
     return acc.compute()
 
 

@@ -21,6 +21,7 @@ from zoo.data import CarvanaDataset, DataError, ISBI2012Dataset, SegmentationDat
 from zoo.harness.config import DATASETS
 from zoo.harness.tracking import QUALITY_KEYS
 from zoo.weights import (
+    TrainingScale,
     WeightsEntry,
     file_sha256,
     load_entry,
@@ -133,7 +134,11 @@ def publish_run(
     val_items = params.get("split_val_items", "").split(",")
     max_val = cfg.get("max_val_images")
     evaluated = val_items[:max_val] if max_val else val_items
-    resize = cfg.get("resize")
+    # the scale the model was trained at, as the training config resized its images (older runs did not
+    # record the images' size: then it is known only when they were resized)
+    scale = TrainingScale.from_record(
+        {"resize": cfg.get("resize"), "image_size": params.get("train_image_size")}, origin=f"run {name}"
+    )
     split = {
         "method": params.get("split_method", ""),
         "detail": params.get("split_detail", ""),
@@ -144,8 +149,8 @@ def publish_run(
         "dtype": params.get("dtype", "float32"),
         "channels_last": params.get("memory_format") == "channels_last",
         "batch_size": int(cfg.get("batch_size", 4)),
-        "resize": resize,
-        "rand": dataset == "isbi2012",
+        **scale.as_record(),
+        "isbi": dataset == "isbi2012",
         "data_source": params.get("data_source", ""),
     }
     target = out_dir / file_name
@@ -156,7 +161,7 @@ def publish_run(
         "run_id": run.info.run_id,
         "suite": suite,
         "git_commit": tags.get("git_commit", ""),
-        "resize": resize,
+        **scale.as_record(),
     }
     # the run's tensors, unchanged, under the zoo's file format with the full metadata
     model = model_from_state(
@@ -184,6 +189,9 @@ def publish_run(
         git_commit=tags.get("git_commit", ""),
         default=default,
         notes=notes,
+        recipe=cfg.get("recipe") or "",
+        train_config={k: v for k, v in cfg.items() if k != "data_root"},
+        training=_training_cost(client, run),
         extra={"git_dirty": tags.get("git_dirty", "unknown"), "seed": params.get("cfg.seed", "")},
     )
     entry.check(str(manifest_path))
@@ -198,6 +206,18 @@ def publish_run(
     return entry
 
 
+def _training_cost(client: Any, run: Any) -> dict[str, Any]:
+    """Device, wall-clock minutes (start to finish: training, validation, checkpoints, cost figures), and
+    epochs of a finished run."""
+    epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
+    return {
+        "device": run.data.tags.get("device_name", run.data.params.get("device", "")),
+        "minutes": round((run.info.end_time - run.info.start_time) / 60_000, 2),
+        "epochs": len({m.step for m in epochs}),
+        "best_epoch": int(run.data.metrics.get("best_epoch", -1)),
+    }
+
+
 class DataUnavailableError(DataError):
     """The data an entry names is not on this machine (tests skip on it)."""
 
@@ -206,8 +226,7 @@ def _entry_dataset(entry: WeightsEntry, data_root: str | Path) -> tuple[Segmenta
     root = Path(data_root) / DATASETS[entry.dataset]
     if not root.is_dir():
         raise DataUnavailableError(f"{root}: {entry.dataset} is not present under {data_root}")
-    resize = entry.evaluation.get("resize")
-    size = tuple(resize) if resize else None
+    size = entry.training_scale.resize
     names = list(entry.split["val_items"])
     ds: SegmentationDataset
     if entry.dataset == "isbi2012":
@@ -248,7 +267,7 @@ def reproduce_metrics(
         model,  # type: ignore[arg-type]
         ds,
         indices,
-        rand=bool(entry.evaluation.get("rand", False)),
+        isbi=bool(entry.evaluation.get("isbi", False)),
         batch_size=int(entry.evaluation.get("batch_size", 4)),
         autocast_dtype=dtype,
         channels_last=channels_last,

@@ -15,12 +15,13 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
   ``world_size`` (processes under torchrun);
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
   ``zoo.kind`` ("suite" or "run");
-- metrics per epoch (step = epoch): ``train_loss``, ``val_dice``, ``val_iou``, ``val_pixel_error``,
-  ``val_rand_error`` (ISBI), ``lr``, ``train_seconds`` and ``train_steps`` (the training loop alone),
-  ``epoch_seconds`` (with validation and checkpointing);
-- final metrics: ``dice``, ``iou``, ``pixel_error``, ``rand_error`` (ISBI) of the best epoch's weights
-  on the validation split, ``best_epoch``; cost: ``params``, ``gflops``, ``train_images_per_s``,
-  ``infer_images_per_s``, ``latency_ms``, ``peak_memory_mb``;
+- metrics per epoch (step = epoch): ``train_loss``, ``val_`` + each quality key below, ``lr``,
+  ``train_seconds`` and ``train_steps`` (the training loop alone), ``epoch_seconds`` (with validation
+  and checkpointing);
+- final metrics: the quality keys (``zoo.metrics``) ``dice``, ``iou``, ``misclassified`` and, on ISBI,
+  the challenge's ``pixel_error``, ``rand_error``, ``vrand``, ``vinfo`` and ``rand_error_argmax``, of
+  the best epoch's weights on the validation split, ``best_epoch``; cost: ``params``, ``gflops``,
+  ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms``, ``peak_memory_mb``;
 - artifacts: ``weights/best.safetensors``, ``config/config.json``, ``overlays/*.png``.
 """
 
@@ -42,7 +43,16 @@ __all__ = ["METRIC_KEYS", "Tracker", "default_tracking_uri", "git_state", "is_da
 
 log = logging.getLogger(__name__)
 
-QUALITY_KEYS = ("dice", "iou", "pixel_error", "rand_error")
+QUALITY_KEYS = (
+    "dice",
+    "iou",
+    "misclassified",
+    "pixel_error",
+    "rand_error",
+    "vrand",
+    "vinfo",
+    "rand_error_argmax",
+)
 COST_KEYS = ("params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb")
 METRIC_KEYS = (*QUALITY_KEYS, *COST_KEYS, "best_epoch")
 

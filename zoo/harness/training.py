@@ -45,7 +45,7 @@ from zoo.harness.tracking import Tracker, git_state
 from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
-from zoo.weights import save_weights
+from zoo.weights import TrainingScale, save_weights
 
 __all__ = [
     "NonFiniteLossError",
@@ -277,6 +277,10 @@ def _train(
         distributed.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
     crop = model.nearest_valid_input_size(cfg.crop)
     out_size = model.output_size(crop)
+    # the pixel scale of the training images, recorded with the weights so that predict brings its
+    # inputs to it (a resize) or warns about inputs far from the images' size
+    image_size = tuple(ds.arrays(split.train[0])[0].shape[:2])
+    scale = TrainingScale(resize=tuple(cfg.resize) if cfg.resize else None, image_size=image_size)
     opt = _optimizer(cfg, model)
     sched = _schedule(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -313,6 +317,7 @@ def _train(
                     "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
                     "data_source": data.source,
                     "train_input_size": crop,
+                    "train_image_size": json.dumps(scale.as_record()["image_size"]),
                     "train_output_size": out_size,
                     "device": str(device),
                     "dtype": str(amp).removeprefix("torch.") if amp else "float32",
@@ -459,7 +464,7 @@ def _train(
                     model,
                     ds,
                     split.val,
-                    rand=is_isbi,
+                    isbi=is_isbi,
                     batch_size=cfg.batch_size,
                     autocast_dtype=amp,
                     channels_last=channels_last,
@@ -515,7 +520,13 @@ def _train(
             save_weights(
                 model,
                 run_dir / "best.safetensors",
-                {"dataset": cfg.dataset, "epoch": best_epoch, "metrics": best_metrics, "run_id": run_id},
+                {
+                    "dataset": cfg.dataset,
+                    "epoch": best_epoch,
+                    "metrics": best_metrics,
+                    "run_id": run_id,
+                    **scale.as_record(),
+                },
             )
             final = {**best_metrics, "best_epoch": float(best_epoch)}
             cost = measure_cost(

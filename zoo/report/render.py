@@ -30,8 +30,9 @@ __all__ = ["write_report"]
 
 COLUMNS = [
     ("rank", "rank", "{}"), ("model", "model", "{}"), ("overrides", "overrides", "{}"), ("n", "seeds", "{}"),
-    ("dice", "Dice", "q"), ("iou", "IoU", "q"), ("pixel_error", "pixel error", "q"),
-    ("rand_error", "Rand error", "q"),
+    ("dice", "Dice", "q"), ("iou", "IoU", "q"), ("misclassified", "misclassified", "q"),
+    ("pixel_error", "pixel error (ISBI)", "q"), ("rand_error", "Rand error (ISBI)", "q"),
+    ("vrand", "V_Rand", "q"), ("vinfo", "V_Info", "q"),
     ("params", "params (M)", "m"), ("gflops", "GFLOPs", "f1"), ("train_images_per_s", "train img/s", "f1"),
     ("infer_images_per_s", "infer img/s", "f1"), ("latency_ms", "latency ms", "f1"),
     ("peak_memory_mb", "peak MB", "f0"), ("device", "device", "{}"), ("dtype", "dtype", "{}"),
@@ -60,8 +61,8 @@ def _rows(part: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     cols = [
         (k, label, fmt) for k, label, fmt in COLUMNS if fmt in ("{}", "ids") or f"{k}_mean" in part.columns
     ]
-    if part.get("rand_error_mean") is None or part["rand_error_mean"].isna().all():
-        cols = [c for c in cols if c[0] != "rand_error"]
+    # the ISBI figures are absent on other datasets: no column of dashes for them
+    cols = [c for c in cols if c[2] != "q" or not part[f"{c[0]}_mean"].isna().all()]
     header = [label for _, label, _ in cols]
     rows = [
         [_cell(row, k, fmt) + (" ★" if k == "model" and row["pareto"] else "") for k, _, fmt in cols]
