@@ -15,6 +15,7 @@ import pytest
 from zoo.cli import main
 from zoo.harness.tracking import COST_KEYS, Tracker
 from zoo.report import build, pareto_front, write_report
+from zoo.report.leaderboard import converged_epoch
 
 COST = {"params": 1e6, "gflops": 2.0, "train_images_per_s": 10.0, "latency_ms": 5.0, "peak_memory_mb": 100.0}
 KNOWN = {  # (model, dataset): [(seed, dice, infer images/s)]
@@ -100,6 +101,38 @@ def test_aggregates_ranks_and_exclusions(store: tuple[Tracker, dict[str, str]]) 
     assert f"unet_bilinear-isbi2012-s0 ({ids['incomplete'][:8]}): incomplete, missing latency_ms" in reasons
     assert len(board.runs) == 7 and "suite" not in set(board.runs["model"])
     assert set(COST_KEYS) <= {c.removesuffix("_mean") for c in board.table.columns}
+
+
+def test_converged_epoch_is_the_first_within_the_tolerance_of_the_best() -> None:
+    assert converged_epoch({0: 0.5, 1: 0.79, 2: 0.797, 3: 0.801}) == 2  # 0.797 >= 0.801 - 0.005 > 0.79
+    assert converged_epoch({0: 0.5, 1: 0.80, 2: 0.79, 3: 0.801}) == 1  # the first of those within it
+    assert converged_epoch({0: 0.5, 1: 0.6, 2: 0.7}) == 2  # still improving at the end
+    assert converged_epoch({0: 0.9, 1: 0.5}) == 0
+    assert converged_epoch({0: 0.5, 1: 0.58, 2: 0.6}, within=0.05) == 1
+    with pytest.raises(ValueError, match="empty"):
+        converged_epoch({})
+
+
+def test_the_board_says_when_each_variant_converged(tmp_path: Path) -> None:
+    tracker = Tracker("conv", workdir=tmp_path)
+    metrics = {"dice": 0.8, "iou": 0.7, "misclassified": 0.2, "infer_images_per_s": 1.0, **COST}
+    curves = {"unet_bn": [0.5, 0.798, 0.8, 0.799], "unet": [0.3, 0.5, 0.7, 0.8]}
+    for model, curve in curves.items():
+        run_id = tracker.start_run(f"{model}-isbi2012-s0", tags={"zoo.kind": "run"})
+        tracker.log_params(run_id, {"cfg.model": model, "cfg.dataset": "isbi2012", "cfg.seed": 0})
+        for epoch, dice in enumerate(curve):
+            tracker.log_metrics(run_id, {"val_dice": dice}, step=epoch)
+        tracker.log_metrics(run_id, metrics, step=2)
+        tracker.finish(run_id)
+    table = build("conv", tracker.uri).table.set_index("model")
+    assert (
+        table.loc["unet_bn", "converged_epoch_mean"] == 1 and table.loc["unet", "converged_epoch_mean"] == 3
+    )
+    assert (table["epochs_mean"] == 4).all()
+    out = tmp_path / "out"
+    assert main(["report", "--experiment", "conv", "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    md = (out / "leaderboard.md").read_text()
+    assert "converged at epoch" in md and "| 2 of 4 |" in md and "| 4 of 4 |" in md
 
 
 def test_pareto_front_definition() -> None:

@@ -14,7 +14,10 @@ import pandas as pd
 
 from zoo.harness.tracking import COST_KEYS, QUALITY_KEYS
 
-__all__ = ["Leaderboard", "aggregate", "load_runs", "pareto_front"]
+__all__ = ["CONVERGED_WITHIN", "Leaderboard", "aggregate", "converged_epoch", "load_runs", "pareto_front"]
+
+CONVERGED_WITHIN = 0.005
+"""A run has converged at the first epoch whose validation Dice is within this of its best."""
 
 REQUIRED = ("dice", "iou", "misclassified", *COST_KEYS)
 GROUP = ["dataset", "model", "overrides"]
@@ -27,6 +30,16 @@ class Leaderboard:
     table: pd.DataFrame
     """One row per (dataset, model, overrides): n, mean and std of each metric, rank, run ids."""
     excluded: list[str] = field(default_factory=list)
+
+
+def converged_epoch(curve: dict[int, float], within: float = CONVERGED_WITHIN) -> int:
+    """The first epoch whose validation Dice came within ``within`` of the run's best (``curve``: epoch ->
+    Dice). Near the last epoch, the run was still improving when it stopped: its rank is one of speed of
+    learning, not of converged quality."""
+    if not curve:
+        raise ValueError("an empty validation curve has no convergence epoch")
+    best = max(curve.values())
+    return min(epoch for epoch, dice in curve.items() if dice >= best - within)
 
 
 def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
@@ -50,6 +63,7 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
             continue
         p = run.data.params
         overrides = json.loads(p.get("cfg.overrides", "{}") or "{}")
+        curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_dice")}
         rows.append(
             {
                 "dataset": p.get("cfg.dataset", "?"),
@@ -62,6 +76,8 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
                 "cost_batch": p.get("cost_batch", "?"),
                 "run_id": run.info.run_id,
                 **{k: run.data.metrics.get(k) for k in (*QUALITY_KEYS, *COST_KEYS)},
+                "converged_epoch": converged_epoch(curve) if curve else None,
+                "epochs": len(curve),
             }
         )
     return pd.DataFrame(rows), excluded
@@ -70,7 +86,8 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation (ddof 1; 0 for a single seed) and n per (dataset, model, overrides),
     ranked by mean Dice within each dataset (1 = best)."""
-    metrics = [k for k in (*QUALITY_KEYS, *COST_KEYS) if k in runs.columns and runs[k].notna().any()]
+    keys = (*QUALITY_KEYS, *COST_KEYS, "converged_epoch", "epochs")
+    metrics = [k for k in keys if k in runs.columns and runs[k].notna().any()]
     grouped = runs.groupby(GROUP, sort=False)
     table = grouped.size().rename("n").to_frame()
     for m in metrics:

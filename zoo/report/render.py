@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from zoo.metrics import REDUCTION
-from zoo.report.leaderboard import Leaderboard
+from zoo.report.leaderboard import CONVERGED_WITHIN, Leaderboard
 
 __all__ = ["write_report"]
 
@@ -32,7 +32,7 @@ COLUMNS = [
     ("rank", "rank", "{}"), ("model", "model", "{}"), ("overrides", "overrides", "{}"), ("n", "seeds", "{}"),
     ("dice", "Dice", "q"), ("iou", "IoU", "q"), ("misclassified", "misclassified", "q"),
     ("pixel_error", "pixel error (ISBI)", "q"), ("rand_error", "Rand error (ISBI)", "q"),
-    ("vrand", "V_Rand", "q"), ("vinfo", "V_Info", "q"),
+    ("vrand", "V_Rand", "q"), ("vinfo", "V_Info", "q"), ("converged_epoch", "converged at epoch", "conv"),
     ("params", "params (M)", "m"), ("gflops", "GFLOPs", "f1"), ("train_images_per_s", "train img/s", "f1"),
     ("infer_images_per_s", "infer img/s", "f1"), ("latency_ms", "latency ms", "f1"),
     ("peak_memory_mb", "peak MB", "f0"), ("device", "device", "{}"), ("dtype", "dtype", "{}"),
@@ -51,6 +51,8 @@ def _cell(row: pd.Series, key: str, fmt: str) -> str:
     std = row.get(f"{key}_std", 0.0)
     if fmt == "q":
         return f"{mean:.4f} ± {std:.4f}"
+    if fmt == "conv":  # mean over seeds of (first epoch within CONVERGED_WITHIN of the best) / epochs run
+        return f"{mean + 1:.0f} of {row['epochs_mean']:.0f}"
     if fmt == "m":
         return f"{mean / 1e6:.2f}"
     digits = int(fmt[1:])
@@ -203,7 +205,10 @@ def write_report(
     note = (
         f"Experiment `{experiment}`; {len(board.runs)} runs. Quality: {REDUCTION}; mean ± standard deviation "
         "over seeds. ★ = on the Pareto front of Dice against inference images/s. Throughput at the stated "
-        "size and batch (columns cost_size, cost_batch in the CSV)."
+        "size and batch (columns cost_size, cost_batch in the CSV). Converged at epoch: the first epoch "
+        f"whose validation Dice came within {CONVERGED_WITHIN} of the run's best (mean over seeds, counted "
+        "from 1), of the epochs run; near the last epoch, the run was still improving and its rank is one "
+        "of speed of learning, not of converged quality."
     )
     md = ["# Leaderboard", "", note, ""]
     body = []
