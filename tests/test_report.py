@@ -167,6 +167,8 @@ def test_report_files(
     md = (out / "leaderboard.md").read_text()
     assert "| 1 | unet_bn ★ | - | 2 | 0.8200 ± 0.0283 |" in md
     assert ids["unet_bn-isbi2012-s0"][:8] in md  # each row names its runs
+    assert "Ronneberger et al. 2015, Table 1), pixel error 0.0611, rand error 0.0382" in md  # ISBI only
+    assert md.count("Table 1") == 1
     assert "## Left out" in md and "![Dice against throughput, isbi2012](pareto-isbi2012.png)" in md
     assert (out / "pareto-isbi2012.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "leaderboard.html").read_text()

@@ -30,6 +30,7 @@ from torch import Tensor
 
 __all__ = [
     "ISBI_THRESHOLDS",
+    "PAPER_FIGURES",
     "IsbiImageStats",
     "MetricAccumulator",
     "adapted_rand_error",
@@ -47,6 +48,13 @@ REDUCTION = (
     "challenge figures (pixel_error, rand_error, vrand, vinfo) as the challenge's script computes them: "
     "one best threshold of the cell probability for all images"
 )
+
+PAPER_FIGURES: dict[str, dict[str, float]] = {
+    "isbi2012": {"pixel_error": 0.0611, "rand_error": 0.0382, "warping_error": 0.000353},
+}
+"""Published figures to read results beside, by dataset: the U-Net paper's Table 1 (Ronneberger et al.
+2015), scored by the ISBI 2012 challenge's server on its test volume (this project scores its own
+validation split: comparable definitions, not the same images)."""
 
 # ISBI 2012 label convention of this codebase: class 0 cell interior (255 in the label files), class 1
 # membrane (0 in the files)

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from PIL import Image
 
-from zoo.metrics import REDUCTION
+from zoo.metrics import PAPER_FIGURES, REDUCTION
 from zoo.report.leaderboard import CONVERGED_WITHIN, Leaderboard
 
 __all__ = ["write_report"]
@@ -190,6 +190,17 @@ document.querySelectorAll('table.board').forEach(function (t) {
 """
 
 
+def _paper_line(dataset: str) -> str:
+    figures = PAPER_FIGURES.get(dataset)
+    if not figures:
+        return ""
+    listed = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in figures.items())
+    return (
+        f"Beside: the U-Net paper's figures (Ronneberger et al. 2015, Table 1), {listed}, scored by the "
+        "challenge on its test volume; the rows above are on this project's validation split."
+    )
+
+
 def write_report(
     board: Leaderboard, out: str | Path, *, experiment: str, tracking_uri: str
 ) -> dict[str, Path]:
@@ -217,6 +228,9 @@ def write_report(
         header, rows = _rows(part)
         md += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(r) + " |" for r in rows]
+        reference = _paper_line(dataset)
+        if reference:
+            md += ["", reference]
         png = folder / f"pareto-{dataset}.png"
         pareto_b64 = pareto_plot(board, dataset, png)
         paths[f"pareto-{dataset}"] = png
@@ -241,7 +255,8 @@ def write_report(
             f"<figcaption>{html.escape(m)}: image | truth | prediction</figcaption></figure>"
             for m, b64 in overlays.items()
         )
-        body.append(f"<h2>{html.escape(dataset)}</h2>{table_html}<div class='figs'>{figs}</div>")
+        paper = f"<p>{html.escape(reference)}</p>" if reference else ""
+        body.append(f"<h2>{html.escape(dataset)}</h2>{table_html}{paper}<div class='figs'>{figs}</div>")
     if board.excluded:
         md += ["## Left out", ""] + [f"- {line}" for line in board.excluded]
         body.append(
