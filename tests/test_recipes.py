@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from zoo import list_models
 from zoo.cli import main
-from zoo.harness import Tracker, load_suite
+from zoo.harness import Tracker, load_suite, train
 from zoo.harness.config import DATASETS, TrainConfig
 from zoo.harness.recipes import (
     UnknownRecipeError,
@@ -163,3 +164,40 @@ def test_recipes_command_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> 
     shown = capsys.readouterr().out
     assert 'optimizer = "sgd"' in shown and "momentum = 0.99" in shown
     assert main(["recipes", "nothing*"]) == 1
+
+
+def test_gradient_clipping_bounds_each_step_and_the_norm_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = {
+        "model": "unet_bn",
+        "dataset": "isbi2012",
+        "overrides": {"base_channels": 4},
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 2,
+        "crop": 64,
+        "max_val_images": 1,
+        "cost_batch": 1,
+        "synthetic": {"count": 6, "size": 96},
+        "optimizer": "sgd",
+        "lr": 1.0,
+        "amp": "none",
+    }
+    seen: list[float] = []  # the global norm of the gradient each SGD step is given
+    real_step = torch.optim.SGD.step
+
+    def step(self: torch.optim.SGD, closure: object = None) -> object:
+        grads = [p.grad.flatten() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.cat(grads).norm()))
+        return real_step(self, closure)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    tracker = Tracker("clip", workdir=tmp_path)
+    cfg = TrainConfig.from_dict({**fields, "clip_grad_norm": 1e-3})
+    result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
+    assert len(seen) == 2 and seen == pytest.approx([1e-3, 1e-3], rel=1e-4)  # clipped to the limit
+    (logged,) = tracker.client.get_metric_history(result.run_id, "grad_norm")
+    assert logged.value > 1e-2  # the mean norm before clipping
+    with pytest.raises(ValueError, match="clip_grad_norm=0 must be > 0"):
+        TrainConfig.from_dict({**fields, "clip_grad_norm": 0})

@@ -314,6 +314,8 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     for e in list_weights(args.pattern):
         where = "packaged" if e.packaged else ("cached" if (cache_dir() / e.file).is_file() else "url")
         dice = f"{e.metrics['dice']:.4f}" if "dice" in e.metrics else "-"
+        cost = e.training
+        trained = f"{cost['minutes']:.0f} min, {cost['device']}" if cost else "-"
         rows.append(
             [
                 e.name + (" *" if e.default else ""),
@@ -322,12 +324,15 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
                 f"{e.params / 1e6:.2f}",
                 f"{e.size / 1e6:.1f}",
                 where,
+                e.recipe or "-",
+                trained,
             ]
         )
     if not rows:
         print(f"no weights match {args.pattern!r}")
         return 1
-    print(_table(rows, ["weights", "dataset", "val dice", "params (M)", "MB", "source"], {2, 3, 4}))
+    header = ["weights", "dataset", "val dice", "params (M)", "MB", "source", "recipe", "trained"]
+    print(_table(rows, header, {2, 3, 4}))
     print("* the model's default (pretrained=True); Dice on the validation split named in the manifest")
     return 0
 

@@ -41,6 +41,8 @@ class TrainConfig:
         amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
         channels_last: None = with amp on; compile: ``torch.compile`` the model.
         accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
+        clip_grad_norm: rescale each step's gradient to at most this global L2 norm (None: never); the
+            norm before clipping is logged per epoch (``grad_norm``) either way.
         sync_bn: under ``torchrun``, BatchNorm statistics over the global batch instead of over each
             process's slice (``zoo.harness.distributed.CrossRankBatchNorm``: Gloo/CPU and NCCL/GPU);
             no effect in a single process.
@@ -80,6 +82,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool = False
     accumulate: int = 1
+    clip_grad_norm: float | None = None
     deterministic: bool = False
     sync_bn: bool = False
     patience: int | None = None
@@ -106,6 +109,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
         if self.weight_map and self.dataset != "isbi2012":
             raise ValueError("weight_map=True is the paper's ISBI loss weight; it needs dataset='isbi2012'")
 

@@ -17,7 +17,7 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
   ``zoo.kind`` ("suite" or "run");
 - metrics per epoch (step = epoch): ``train_loss``, ``val_`` + each quality key below, ``lr``,
   ``train_seconds`` and ``train_steps`` (the training loop alone), ``epoch_seconds`` (with validation
-  and checkpointing);
+  and checkpointing), ``grad_norm`` (mean global gradient norm per optimiser step, before clipping);
 - final metrics: the quality keys (``zoo.metrics``) ``dice``, ``iou``, ``misclassified`` and, on ISBI,
   the challenge's ``pixel_error``, ``rand_error``, ``vrand``, ``vinfo`` and ``rand_error_argmax``, of
   the best epoch's weights on the validation split, ``best_epoch``; cost: ``params``, ``gflops``,

@@ -182,6 +182,16 @@ def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _unscale_and_clip(
+    cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> Tensor:
+    """The gradient's global L2 norm before the step (logged per epoch: the size of what SGD is asked to
+    follow), clipped to ``cfg.clip_grad_norm`` when set. Gradients are unscaled first (fp16's scaler)."""
+    scaler.unscale_(opt)
+    limit = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), limit).detach()
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     # write then rename: a process killed mid-write leaves the previous checkpoint intact
     tmp = path.with_name(path.name + ".tmp")
@@ -407,7 +417,8 @@ def _train(
                 )
             model.train()
             loss_sum = torch.zeros((), device=device)
-            steps = 0
+            grad_norm_sum = torch.zeros((), device=device)
+            steps = updates = 0
             opt.zero_grad(set_to_none=True)
             total_steps = micro_batches or len(loader)
             bar = tqdm(
@@ -445,6 +456,8 @@ def _train(
                     )
                 scaler.scale(loss / cfg.accumulate).backward()
                 if (i + 1) % cfg.accumulate == 0:
+                    grad_norm_sum += _unscale_and_clip(cfg, model, opt, scaler)
+                    updates += 1
                     scaler.step(opt)
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
@@ -475,6 +488,7 @@ def _train(
                     "lr": lr,
                     "train_seconds": train_seconds,
                     "train_steps": float(steps),
+                    "grad_norm": (grad_norm_sum / max(updates, 1)).item(),
                     "epoch_seconds": time.perf_counter() - t0,
                 }
                 metrics.update({f"val_{k}": v for k, v in val.items()})
