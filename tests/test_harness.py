@@ -136,6 +136,30 @@ def test_evaluate_cli_reproduces_the_recorded_quality(
         assert float(printed[key]) == pytest.approx(recorded[key], abs=6e-5), key
 
 
+def test_evaluate_record_rescores_a_run_whose_weights_reproduce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zoo.cli import main
+
+    tracker = Tracker("rescore", workdir=tmp_path)
+    result = train(_tiny_bn(epochs=1), tracker=tracker, workdir=tmp_path, progress=False)
+    truth = tracker.client.get_run(result.run_id).data.metrics
+    step = int(truth["best_epoch"])
+    # as a run recorded under an older definition would read
+    tracker.log_metrics(result.run_id, {"pixel_error": 0.5}, step=step)
+    args = ["evaluate", str(result.run_dir), "--workdir", str(tmp_path), "--record"]
+    assert main(args) == 0
+    assert "recorded in run" in capsys.readouterr().out
+    run = tracker.client.get_run(result.run_id)
+    assert run.data.metrics["pixel_error"] == pytest.approx(truth["pixel_error"], abs=6e-5)
+    assert run.data.tags["metrics_rescored_at"]
+    # weights that are not the run's (its recorded Dice does not reproduce): nothing is recorded
+    tracker.log_metrics(result.run_id, {"dice": 0.123, "pixel_error": 0.5}, step=step)
+    assert main(args) == 2
+    assert "does not reproduce the run's recorded 0.123000" in capsys.readouterr().err
+    assert tracker.client.get_run(result.run_id).data.metrics["pixel_error"] == 0.5
+
+
 def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path) -> None:
     tracker = Tracker("early", workdir=tmp_path)
     cfg = _tiny_bn(epochs=6, lr=0.0, patience=2)
