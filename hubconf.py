@@ -1,7 +1,7 @@
 """torch.hub entry points: one per registered model, e.g.
 
     torch.hub.load("path/to/unet-zoo", "unet_bn", source="local", pretrained=True)
-    torch.hub.load("path/to/unet-zoo", "unet_bn", source="local", weights="isbi2012-w8-s0")
+    torch.hub.load("path/to/unet-zoo", "unet_bn", source="local", weights="isbi2012-w16-s0")
     torch.hub.load("path/to/unet-zoo", "unet", source="local", in_channels=1, num_classes=2)
 
 Each is ``zoo.create_model(name, ...)``: weights come from the manifest (verified by sha256) or from a

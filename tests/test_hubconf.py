@@ -24,12 +24,12 @@ def test_hubconf_has_an_entry_point_per_registered_model() -> None:
 
 
 def test_hub_load_gives_the_same_weights_as_create_model() -> None:
-    via_hub = torch.hub.load(REPO, "unet_bn", source="local", weights="isbi2012-w8-s0")
-    direct = create_model("unet_bn", weights="isbi2012-w8-s0")
+    via_hub = torch.hub.load(REPO, "unet_bn", source="local", weights="isbi2012-w16-s0")
+    direct = create_model("unet_bn", weights="isbi2012-w16-s0")
     for key, value in direct.state_dict().items():
         assert torch.equal(via_hub.state_dict()[key], value), key
     default = torch.hub.load(REPO, "unet_bn", source="local", pretrained=True)
-    assert default.pretrained_weights == "unet_bn.isbi2012-w8-s0"
+    assert default.pretrained_weights == "unet_bn.isbi2012-w16-s0"
 
 
 def test_hub_load_without_weights_takes_the_usual_arguments() -> None:

@@ -132,15 +132,15 @@ def test_a_resize_is_the_image_size_too_and_bad_records_are_refused() -> None:
 
 
 def test_the_shipped_manifest_records_each_checkpoints_training_scale() -> None:
-    carvana = find_weights("unet_bilinear", "carvana512-w8-s0")
-    assert carvana.training_scale == TrainingScale(resize=(192, 192))
-    isbi = find_weights("unet_bn", "isbi2012-w8-s0")  # trained on the native 512x512 slices
+    carvana = find_weights("unet_bilinear", "carvana512-w16-s0")
+    assert carvana.training_scale == TrainingScale(resize=(256, 256))
+    isbi = find_weights("unet_bn", "isbi2012-w16-s0")  # trained on the native 512x512 slices
     assert isbi.training_scale == TrainingScale(resize=None, image_size=(512, 512))
     odd = dataclasses.replace(isbi, evaluation={**isbi.evaluation, "resize": [0, 0]})
-    with pytest.raises(WeightsError, match=r"unet_bn\.isbi2012-w8-s0: resize=\[0, 0\]"):
+    with pytest.raises(WeightsError, match=r"unet_bn\.isbi2012-w16-s0: resize=\[0, 0\]"):
         _ = odd.training_scale
-    model = create_model("unet_bilinear", weights="carvana512-w8-s0")
-    assert model.training_scale == TrainingScale(resize=(192, 192))  # type: ignore[attr-defined]
+    model = create_model("unet_bilinear", weights="carvana512-w16-s0")
+    assert model.training_scale == TrainingScale(resize=(256, 256))  # type: ignore[attr-defined]
 
 
 def test_a_bare_files_metadata_gives_its_training_scale(tmp_path: Path) -> None:
@@ -282,19 +282,19 @@ def test_the_carvana_model_scores_on_full_resolution_photos_as_at_its_training_s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = create_model("unet_bilinear", weights="carvana512-w8-s0").eval()
+        model = create_model("unet_bilinear", weights="carvana512-w16-s0").eval()
         outcomes = predict_files(model, photos, tmp_path, amp="none", progress=False)
         full, trained = [], []
         for photo, outcome in zip(photos, outcomes, strict=True):
-            assert outcome.size == (192, 192)
+            assert outcome.size == (256, 256)
             truth = read_image(root / "train_masks" / f"{photo.stem}_mask.gif")
             mask = read_image(tmp_path / f"{photo.stem}_mask.png")
             assert mask.shape == truth.shape == (1280, 1918)
             full.append(_dice(mask, truth))
             # the same photo as the harness evaluated: resized for the model, against the resized mask
-            small = resize_image(read_image(photo, mode="RGB"), (192, 192))
+            small = resize_image(read_image(photo, mode="RGB"), (256, 256))
             labels = predict_labels(model, torch.from_numpy(small).permute(2, 0, 1))[0].numpy()
-            small_truth = np.array(Image.fromarray(truth).resize((192, 192), Image.Resampling.NEAREST))
+            small_truth = np.array(Image.fromarray(truth).resize((256, 256), Image.Resampling.NEAREST))
             trained.append(_dice(labels, small_truth))
     finally:
         torch.set_num_threads(threads)

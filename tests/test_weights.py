@@ -99,7 +99,7 @@ def test_pretrained_true_loads_the_default_and_matches_the_file() -> None:
 
 def test_weights_that_do_not_fit_say_what_would() -> None:
     entry = find_weights("unet_bn")
-    with pytest.raises(WeightsMismatchError, match=r"base_channels=32 \(weights: 8\).*isbi2012-w8-s0"):
+    with pytest.raises(WeightsMismatchError, match=r"base_channels=32 \(weights: 16\).*isbi2012-w16-s0"):
         create_model("unet_bn", weights=entry.tag, base_channels=32)
     with pytest.raises(WeightsMismatchError, match=r"num_classes=3 \(weights: 2\)"):
         create_model("unet_bn", weights=entry.tag, num_classes=3)
@@ -111,7 +111,7 @@ def test_weights_that_do_not_fit_say_what_would() -> None:
     with pytest.raises(WeightsMismatchError, match="no weights with a default tag for model 'unet'"):
         create_model("unet", pretrained=True)
     # asking for the weights' own arguments is fine
-    create_model("unet_bn", weights=entry.tag, base_channels=8, in_channels=1, num_classes=2)
+    create_model("unet_bn", weights=entry.tag, base_channels=16, in_channels=1, num_classes=2)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -425,3 +425,21 @@ def test_build_model_with_refuses_tensors_that_do_not_fit() -> None:
     )
     with pytest.raises(WeightsMismatchError, match="do not fit unet_bn"):
         build_model_with(entry, model.state_dict(), source="test")
+
+
+def test_shipped_weights_name_their_recipe_and_training_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+    from zoo.harness.recipes import get_recipe
+
+    for entry in load_manifest():
+        recipe = get_recipe(entry.recipe)  # a recipe that exists
+        assert recipe.applies_to(entry.model, entry.dataset)
+        # the run's config is the recipe's, resolved: every field the recipe sets has the recipe's value
+        for key, value in recipe.fields.items():
+            expected = {**value, **entry.train_config["overrides"]} if key == "overrides" else value
+            assert entry.train_config[key] == expected, (entry.name, key)
+        assert entry.training["device"] and entry.training["minutes"] > 1
+        assert entry.model_args["base_channels"] == entry.train_config["overrides"]["base_channels"]
+    assert main(["weights", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(e.recipe in listed for e in load_manifest()) and " min, " in listed

@@ -4,7 +4,7 @@ A manifest entry (:class:`WeightsEntry`) says what a file is (model name and arg
 classes), what it was trained on (dataset and split, the exact validation items), what the harness
 measured on it (metrics, with the dtype and memory format of that evaluation), what it costs
 (parameters, file size) and where it comes from (a file shipped inside the package, or a URL; the suite,
-run id and git commit that produced it). Its name is ``MODEL.TAG``, e.g. ``unet_bn.isbi2012-w8-s0``.
+run id and git commit that produced it). Its name is ``MODEL.TAG``, e.g. ``unet_bn.isbi2012-w16-s0``.
 
 Files are safetensors: loading never executes code. Every file is checked against the manifest's size
 and sha256 before use, whether shipped, cached or just downloaded. Downloads stream into a temporary file
@@ -685,7 +685,7 @@ def create_pretrained(
     """Build ``name`` and load verified weights into it (what ``create_model(name, weights=...)`` does).
 
     Args:
-        weights: a tag of ``name`` in the manifest (``"isbi2012-w8-s0"`` or ``"unet_bn.isbi2012-w8-s0"``),
+        weights: a tag of ``name`` in the manifest (``"isbi2012-w16-s0"`` or ``"unet_bn.isbi2012-w16-s0"``),
             ``None`` for the model's default tag, or a path to a ``.safetensors`` file written by unet-zoo.
         in_channels, num_classes, overrides: optional; when given they must equal the weights' own.
 

@@ -19,7 +19,7 @@ import torch
 
 from zoo.data import CarvanaDataset, DataError, ISBI2012Dataset, SegmentationDataset
 from zoo.harness.config import DATASETS
-from zoo.harness.tracking import QUALITY_KEYS
+from zoo.harness.tracking import quality_keys
 from zoo.weights import (
     TrainingScale,
     WeightsEntry,
@@ -100,7 +100,7 @@ def publish_run(
         raise ValueError(f"run {name} ({run.info.run_id}) is {run.info.status}; only finished runs publish")
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     dataset = params["cfg.dataset"]
-    quality = {k: metrics[k] for k in QUALITY_KEYS if k in metrics}
+    quality = {k: metrics[k] for k in quality_keys(isbi=dataset == "isbi2012") if k in metrics}
     if "dice" not in quality:
         raise ValueError(f"run {name} has no final metrics (dice); it did not complete")
     suite = tags.get("suite", "")

@@ -39,20 +39,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-__all__ = ["METRIC_KEYS", "Tracker", "default_tracking_uri", "git_state", "is_database_locked"]
+__all__ = [
+    "METRIC_KEYS",
+    "QUALITY_KEYS",
+    "Tracker",
+    "default_tracking_uri",
+    "git_state",
+    "is_database_locked",
+    "quality_keys",
+]
 
 log = logging.getLogger(__name__)
 
-QUALITY_KEYS = (
-    "dice",
-    "iou",
-    "misclassified",
-    "pixel_error",
-    "rand_error",
-    "vrand",
-    "vinfo",
-    "rand_error_argmax",
-)
+ISBI_QUALITY_KEYS = ("pixel_error", "rand_error", "vrand", "vinfo", "rand_error_argmax")
+QUALITY_KEYS = ("dice", "iou", "misclassified", *ISBI_QUALITY_KEYS)
+
+
+def quality_keys(*, isbi: bool) -> tuple[str, ...]:
+    """The quality figures an evaluation reports: the ISBI challenge's only where they were asked for (a
+    run recorded under older definitions may hold stale ones under those names)."""
+    return QUALITY_KEYS if isbi else tuple(k for k in QUALITY_KEYS if k not in ISBI_QUALITY_KEYS)
+
+
 COST_KEYS = ("params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb")
 METRIC_KEYS = (*QUALITY_KEYS, *COST_KEYS, "best_epoch")
 
