@@ -9,7 +9,9 @@ on one validation slice (eval mode, no dropout):
 - the norm of the weights.
 
 It also measures, at initialisation, the gradient norm of the training loss (``ce+dice`` with the weight
-map, and plain ``ce``) on the same four tiles, to compare the size of a first SGD step with the weights.
+map, and plain ``ce``) on four training tiles relative to the weights' norm, over all parameters and per
+block: one SGD learning rate moves each block by lr times that ratio (times 1 / (1 - momentum) once
+the momentum has built up), while Adam's step is about lr per weight everywhere.
 
     python benchmarks/sgd_diagnosis.py runs/sgd-diagnosis/unet-isbi2012-s0-* --data-root ../shared/data
 """
@@ -52,8 +54,11 @@ def _dead_channels(model: nn.Module, image: torch.Tensor) -> dict[str, float]:
     return {block: round(float(torch.cat(flags).mean()), 4) for block, flags in seen.items()}
 
 
-def _grad_norm_at_init(cfg: TrainConfig, ds: ISBI2012Dataset, train_idx: list[int], loss: str) -> float:
-    """|gradient| / |weights| of the loss ``loss`` at initialisation, on four training tiles."""
+def _grad_norm_at_init(
+    cfg: TrainConfig, ds: ISBI2012Dataset, train_idx: list[int], loss: str
+) -> dict[str, float]:
+    """|gradient| / |weights| of the loss ``loss`` at initialisation, on four training tiles: over all
+    parameters and per block (what one SGD learning rate does to each)."""
     torch.manual_seed(cfg.seed)
     model = create_model("unet", in_channels=1, num_classes=2, **cfg.overrides)
     crop = model.nearest_valid_input_size(cfg.crop)
@@ -66,9 +71,18 @@ def _grad_norm_at_init(cfg: TrainConfig, ds: ISBI2012Dataset, train_idx: list[in
         step_cfg, model(image), _center(mask, out), _center(weight, out) if cfg.weight_map else None
     )
     value.backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    weights_norm = torch.cat([p.detach().flatten() for p in model.parameters()]).norm()
-    return float(grads.norm() / weights_norm)
+    ratios: dict[str, float] = {}
+    blocks: dict[str, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        blocks.setdefault(".".join(parts[:2]) if parts[0] in ("encoder", "decoder") else parts[0], []).append(
+            p
+        )
+    for block, params in [("all", list(model.parameters())), *blocks.items()]:
+        grad = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+        weight = torch.cat([p.detach().flatten() for p in params])
+        ratios[block] = round(float(grad.norm() / weight.norm()), 5)
+    return ratios
 
 
 def main() -> None:
@@ -104,7 +118,7 @@ def main() -> None:
                 "membrane_share_pred": round(float((probs > 0.5).float().mean()), 4),
                 "membrane_share_truth": round(float((mask == 1).float().mean()), 4),
                 "membrane_prob_mean": round(float(probs.mean()), 4),
-                "weights_norm": round(float(torch.cat([p.flatten() for p in model.parameters()]).norm()), 2),
+                "weights_norm": round(float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm()), 2),
             }
         )
         print(json.dumps(rows[-1]))

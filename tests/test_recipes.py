@@ -105,10 +105,10 @@ def test_the_gpu_suite_gives_the_paper_network_its_own_recipe() -> None:
     suite = load_suite("gpu")
     runs = {(c.model, c.dataset): c for c in suite.runs if c.seed == 0}
     paper = runs["unet", "isbi2012"]
-    assert paper.recipe == "unet-isbi2012-paper"
-    assert (paper.optimizer, paper.momentum, paper.crop, paper.batch_size, paper.accumulate) == (
-        "sgd",
-        0.99,
+    assert paper.recipe == "unet-isbi2012"
+    assert (paper.optimizer, paper.lr, paper.crop, paper.batch_size, paper.accumulate) == (
+        "adamw",
+        3e-4,
         572,
         1,
         4,
