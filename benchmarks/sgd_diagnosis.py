@@ -103,6 +103,7 @@ def main() -> None:
         state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         model.eval()
+        params = list(model.parameters())
         image, mask = ds[split.val[0]][:2]
         with torch.no_grad():
             probs = predict_logits(model, image[None]).softmax(1)[0, 1]
@@ -118,7 +119,7 @@ def main() -> None:
                 "membrane_share_pred": round(float((probs > 0.5).float().mean()), 4),
                 "membrane_share_truth": round(float((mask == 1).float().mean()), 4),
                 "membrane_prob_mean": round(float(probs.mean()), 4),
-                "weights_norm": round(float(torch.cat([p.detach().flatten() for p in model.parameters()]).norm()), 2),
+                "weights_norm": round(float(torch.cat([p.detach().flatten() for p in params]).norm()), 2),
             }
         )
         print(json.dumps(rows[-1]))
