@@ -10,6 +10,23 @@ from zoo.models.base import SegmentationModel
 from zoo.registry import create_model, get_entry
 
 
+class AnySizeModel(SegmentationModel):
+    """Base of the hand-built test models: a padded model that takes any size >= 1 and keeps it."""
+
+    padding_mode = "same"
+
+    @property
+    def input_multiple(self) -> int:
+        return 1
+
+    @property
+    def min_input_size(self) -> int:
+        return 1
+
+    def _output_length(self, n: int) -> int | None:
+        return n if n >= 1 else None
+
+
 def tiny_model(name: str, in_channels: int = 1, num_classes: int = 2, **overrides: Any) -> SegmentationModel:
     """The registered model at its smoke-test size (same structure, fewer channels)."""
     model = create_model(

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from zoo import create_model
 from zoo.data.datasets import resize_image
 from zoo.data.io import read_image, write_image
-from zoo.models import SegmentationModel
 from zoo.predict import (
     add_parser,
     parse_scale,
@@ -32,16 +31,14 @@ from zoo.predict import (
 from zoo.tiling import predict_labels
 from zoo.weights import TrainingScale, WeightsError, find_weights, save_weights
 
-from .helpers import tiny_model
+from .helpers import AnySizeModel, tiny_model
 
 
-class CenterSurround(SegmentationModel):
+class CenterSurround(AnySizeModel):
     """A detector of bright spots about 3 pixels wide, built by hand: foreground where the 3x3 mean
     exceeds the 7x7 mean by 0.35. Tuned to one pixel scale: the same spots at twice the size are missed
     (their 3x3 and 7x7 means are nearly equal), as a network trained at one scale misses objects at
     another."""
-
-    padding_mode = "same"
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,17 +46,6 @@ class CenterSurround(SegmentationModel):
         kernel = torch.full((7, 7), -1 / 49)
         kernel[2:5, 2:5] += 1 / 9
         self.kernel = nn.Parameter(kernel.view(1, 1, 7, 7), requires_grad=False)
-
-    @property
-    def input_multiple(self) -> int:
-        return 1
-
-    @property
-    def min_input_size(self) -> int:
-        return 1
-
-    def _output_length(self, n: int) -> int | None:
-        return n if n >= 1 else None
 
     def forward(self, x: Tensor) -> Tensor:
         response = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), self.kernel)

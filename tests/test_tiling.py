@@ -25,6 +25,8 @@ from zoo.tiling import (
     predict_probabilities,
 )
 
+from .helpers import AnySizeModel
+
 
 def tiny_unet(**overrides: Any) -> SegmentationModel:
     args: dict[str, Any] = {"base_channels": 4, **overrides}
@@ -50,27 +52,14 @@ def whole_image_oracle(model: SegmentationModel, x: Tensor) -> Tensor:
         return model(padded)[..., :h, :w]
 
 
-class Pointwise(SegmentationModel):
+class Pointwise(AnySizeModel):
     """A padded model of 1x1 convolutions: every output pixel depends on its own input pixel only, so any
     correct tiling and blending reproduces one pass exactly."""
-
-    padding_mode = "same"
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
         self.in_channels, self.num_classes = 1, num_classes
         self.net: nn.Module = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Tanh(), nn.Conv2d(8, num_classes, 1))
-
-    @property
-    def input_multiple(self) -> int:
-        return 1
-
-    @property
-    def min_input_size(self) -> int:
-        return 1
-
-    def _output_length(self, n: int) -> int | None:
-        return n if n >= 1 else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
