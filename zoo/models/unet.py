@@ -93,8 +93,11 @@ class AttentionGate(nn.Module):
         bias = norm == "none"
         self.w_x = nn.Sequential(nn.Conv2d(skip_ch, inter_ch, 1, bias=False), _norm(norm, inter_ch))
         self.w_g = nn.Sequential(nn.Conv2d(gate_ch, inter_ch, 1, bias=bias), _norm(norm, inter_ch))
+        # a bias before BatchNorm is subtracted again with the batch mean: its gradient is zero (up to
+        # rounding), so the one-channel BatchNorm's own shift stands in for it
+        with_bn = norm == "batch"
         self.psi = nn.Sequential(
-            nn.Conv2d(inter_ch, 1, 1, bias=True), _norm(norm, 1) if norm == "batch" else nn.Identity()
+            nn.Conv2d(inter_ch, 1, 1, bias=not with_bn), _norm(norm, 1) if with_bn else nn.Identity()
         )
 
     def forward(self, x: Tensor, g: Tensor) -> Tensor:
