@@ -289,8 +289,9 @@ def _train(
     out_size = model.output_size(crop)
     # the pixel scale of the training images, recorded with the weights so that predict brings its
     # inputs to it (a resize) or warns about inputs far from the images' size
-    image_size = tuple(ds.arrays(split.train[0])[0].shape[:2])
-    scale = TrainingScale(resize=tuple(cfg.resize) if cfg.resize else None, image_size=image_size)
+    height, width = ds.arrays(split.train[0])[0].shape[:2]
+    resize = (cfg.resize[0], cfg.resize[1]) if cfg.resize else None
+    scale = TrainingScale(resize=resize, image_size=(height, width))
     opt = _optimizer(cfg, model)
     sched = _schedule(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
