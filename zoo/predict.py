@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -280,10 +281,7 @@ def resample_probabilities(probabilities: Tensor, size: tuple[int, int]) -> Tens
     """Class probabilities ``(B, K, h, w)`` resampled bilinearly to ``(B, K, H, W)`` with ``size = (H,
     W)`` (pixel centres aligned: equal to ``F.interpolate(mode="bilinear", align_corners=False)``). A
     weighted mean of probabilities: the classes still sum to one at every pixel."""
-    out = torch.empty(*probabilities.shape[:2], *size, dtype=probabilities.dtype)
-    for top, band in _resampled_bands(probabilities, size):
-        out[:, :, top : top + band.shape[2]] = band
-    return out
+    return F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
 
 
 def _predict_page(

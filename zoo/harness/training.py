@@ -419,7 +419,7 @@ def _train(
             model.train()
             loss_sum = torch.zeros((), device=device)
             grad_norm_sum = torch.zeros((), device=device)
-            steps = updates = 0
+            steps = 0
             opt.zero_grad(set_to_none=True)
             total_steps = micro_batches or len(loader)
             bar = tqdm(
@@ -458,7 +458,6 @@ def _train(
                 scaler.scale(loss / cfg.accumulate).backward()
                 if (i + 1) % cfg.accumulate == 0:
                     grad_norm_sum += _unscale_and_clip(cfg, model, opt, scaler)
-                    updates += 1
                     scaler.step(opt)
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
@@ -489,7 +488,7 @@ def _train(
                     "lr": lr,
                     "train_seconds": train_seconds,
                     "train_steps": float(steps),
-                    "grad_norm": (grad_norm_sum / max(updates, 1)).item(),
+                    "grad_norm": (grad_norm_sum / max(steps // cfg.accumulate, 1)).item(),
                     "epoch_seconds": time.perf_counter() - t0,
                 }
                 metrics.update({f"val_{k}": v for k, v in val.items()})
