@@ -57,7 +57,7 @@ from torch import nn
 from zoo import create_model
 from zoo.cost import count_flops
 from zoo.data import ISBI2012Dataset
-from zoo.harness.config import DATASETS
+from zoo.data.registry import get_dataset
 from zoo.machine import describe_machine, write_results
 from zoo.metrics import dice_iou_per_image
 from zoo.models.base import SegmentationModel
@@ -270,7 +270,7 @@ def measure_path(
 
 # -- Dice on the fixed validation set -----------------------------------------------------------------
 def validation_set(data_root: Path, limit: int | None) -> tuple[ISBI2012Dataset, list[int], list[str]] | None:
-    root = data_root / DATASETS["isbi2012"]
+    root = data_root / str(get_dataset("isbi2012").folder)
     if not root.is_dir():
         return None
     names = list(find_weights("unet_bn").split["val_items"])[:limit]

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.data import CarvanaDataset, DataError, FolderDataset, ISBI2012Dataset, block_kfold, group_split
+from zoo.data import CarvanaDataset, DataError, ISBI2012Dataset, block_kfold, group_split
+from zoo.data.datasets import Item, Selection
 from zoo.data.io import read_image, write_image, write_stack
 
 
@@ -109,36 +110,23 @@ def test_carvana_twin_loads_and_caches(car_twin: Path) -> None:
     ds = CarvanaDataset(car_twin)
     assert ds._cache is not None and len(ds) == 40 and len(set(ds.groups)) == 3
     assert ds.in_channels == 3 and ds[0][0].shape == (3, 96, 144)
-    full_car = max(set(ds.groups), key=ds.groups.count)
-    subset = CarvanaDataset(car_twin, cars=[full_car], resize=(48, 72))
-    assert len(subset) == 16 and subset[0][0].shape == (3, 48, 72) and subset[0][1].dtype == torch.int64
+    subset = CarvanaDataset(car_twin, select=Selection(max_groups=1, seed=3), resize=(48, 72))
+    assert len(set(subset.groups)) == 1 and subset[0][0].shape == (3, 48, 72)
+    assert subset[0][1].dtype == torch.int64
+    one = CarvanaDataset(car_twin, select=Selection(names=frozenset([ds.names[5], ds.names[-1]])))
+    assert one.names == [ds.names[5], ds.names[-1]]  # in the dataset's order, nothing else decoded
+    assert one._cache is not None and len(one._cache) == 2
+    with pytest.raises(DataError, match="none of the images is selected"):
+        CarvanaDataset(car_twin, select=Selection(names=frozenset(["nosuchcar_01"])))
 
 
-# -- generic folder -----------------------------------------------------------------------------------
-def test_folder_dataset_matches_masks_by_rule(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    for patient in ("p1", "p2"):
-        for k in range(3):
-            write_image(
-                tmp_path / "img" / f"{patient}_{k}.png", rng.integers(0, 255, (20, 30), dtype=np.uint8)
-            )
-            write_image(
-                tmp_path / "lbl" / f"{patient}_{k}_seg.png", rng.integers(0, 3, (20, 30), dtype=np.uint8)
-            )
-    ds = FolderDataset(
-        tmp_path / "img",
-        tmp_path / "lbl",
-        mask_name="{stem}_seg.png",
-        num_classes=3,
-        channels=1,
-        group_pattern=r"^(p\d+)_",
-    )
-    assert len(ds) == 6 and ds.groups == ["p1"] * 3 + ["p2"] * 3
-    image, mask = ds[4]
-    assert image.shape == (1, 20, 30)
-    assert torch.equal(mask, torch.from_numpy(_raw(tmp_path / "lbl" / "p2_1_seg.png").astype(np.int64)))
-    with pytest.raises(DataError, match=r"p1_0_mask\.png: mask missing for image .*p1_0\.png"):
-        FolderDataset(tmp_path / "img", tmp_path / "lbl", mask_name="{stem}_mask.png")
+def test_a_selection_of_groups_is_the_seeds_choice_of_the_sorted_groups() -> None:
+    items = [Item(f"{g}_{k}", g, "", None) for g in ("c", "a", "b", "d") for k in range(2)]
+    chosen = [items[i].group for i in Selection(max_groups=2, seed=0).keep(items)]
+    groups = sorted({"a", "b", "c", "d"})
+    expected = {groups[j] for j in np.random.default_rng(0).permutation(4)[:2]}
+    assert set(chosen) == expected and len(chosen) == 4
+    assert Selection(max_groups=2, seed=0).keep(items) == Selection(max_groups=2, seed=0).keep(items)
 
 
 # -- splits ------------------------------------------------------------------------------------------

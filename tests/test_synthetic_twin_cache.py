@@ -5,13 +5,18 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from zoo.data.registry import get_dataset
 from zoo.harness.config import TrainConfig
-from zoo.harness.data import _synthetic_root
+from zoo.harness.data import _synthetic_root as synthetic_root
 
 
 def _config(dataset: str) -> TrainConfig:
     settings = {"model": "unet_bn", "dataset": dataset, "synthetic": {"count": 4, "size": 64}}
     return TrainConfig.from_dict(settings)
+
+
+def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
+    return synthetic_root(get_dataset(cfg.dataset), cfg.synthetic, workdir)
 
 
 def test_two_runs_generating_one_twin_at_once_both_get_it_whole(tmp_path: Path) -> None:

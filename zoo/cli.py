@@ -87,10 +87,67 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from zoo.data.verify import verify_dataset
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from zoo.data.registry import get_dataset, list_datasets
 
-    report = verify_dataset(args.path, dataset=args.dataset, checksums=args.checksums)
+    rows = []
+    for name in list_datasets(args.pattern):
+        e = get_dataset(name)
+        rows.append(
+            [
+                e.name,
+                str(e.in_channels),
+                ", ".join(e.class_names),
+                e.split_rule,
+                ", ".join(("dice", "iou", *e.metrics)),
+                e.recipe or "-",
+                "yes" if e.twin else "no",
+                e.title,
+            ]
+        )
+    header = ["name", "channels", "classes", "split", "metrics", "default recipe", "twin", "what"]
+    print(_table(rows, header, right=set()))
+    print(
+        "\nYour own data: `unet-zoo data init --images DIR --masks DIR --out my.toml`, then give my.toml "
+        "wherever a dataset name goes (--dataset my.toml)."
+    )
+    return 0
+
+
+def _cmd_data_init(args: argparse.Namespace) -> int:
+    from zoo.data.folder import infer_spec
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; choose another --out, or --force to replace it")
+    spec, inspection = infer_spec(
+        Path(args.images), Path(args.masks), name=args.name, roi=Path(args.roi) if args.roi else None
+    )
+    for line in inspection.lines():
+        print(line)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(spec.to_toml(relative_to=out.parent.resolve()))
+    print(
+        f"\nwrote {out}: edit it if a guess above is wrong (class names, split, groups), then\n"
+        f"  unet-zoo data verify {out}\n  unet-zoo train --dataset {out}"
+    )
+    return 0
+
+
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from zoo.data.registry import get_dataset, is_dataset_file
+    from zoo.data.verify import Report, verify_dataset
+
+    report: Report
+    if is_dataset_file(args.path):
+        from zoo.data.folder import load_spec, verify_folder
+
+        report = verify_folder(load_spec(args.path))
+    else:
+        card = get_dataset(args.dataset).card if args.dataset else None
+        if args.dataset and card is None:
+            raise ValueError(f"dataset {args.dataset!r} has no card to verify a folder against")
+        report = verify_dataset(args.path, dataset=card, checksums=args.checksums)
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
     print(f"{report.root}: {report.dataset} ({report.layout}): {counts}")
     for note in report.notes:
@@ -102,18 +159,16 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from zoo.data.synthetic import write_car_twin, write_em_twin
+    from zoo.data.registry import get_dataset
 
-    if args.name == "isbi2012":
-        root = write_em_twin(args.out, count=args.count or 30, seed=args.seed, size=args.size or 512)
-    else:
-        size = args.size or 480
-        root = write_car_twin(
-            args.out, count=args.count or 96, seed=args.seed, height=size * 2 // 3, width=size
-        )
+    twin = get_dataset(args.name).twin
+    if twin is None:
+        raise ValueError(f"dataset {args.name!r} has no synthetic twin (`unet-zoo data list`)")
+    count, size = args.count or twin.count, args.size or twin.size
+    twin.write(Path(args.out), count=count, size=size, seed=args.seed)
     print(
-        f"wrote a synthetic {args.name} twin to {root} (seed {args.seed}); check it with "
-        f"`unet-zoo data verify {root}`"
+        f"wrote a synthetic {args.name} twin to {args.out} ({count} samples, side {size}, seed {args.seed}); "
+        f"check it with `unet-zoo data verify {args.out}`"
     )
     return 0
 
@@ -205,6 +260,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from zoo.data.registry import get_dataset
     from zoo.harness.config import TrainConfig
     from zoo.harness.distributed import env_rank
     from zoo.harness.recipes import resolve_recipe
@@ -222,10 +278,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "overrides": _key_values(args.override, "--override"),
             **_key_values(args.set, "--set"),
         }
-        if args.recipe:
-            cfg = resolve_recipe(args.recipe, fields)
+        recipe = args.recipe
+        if not recipe and args.dataset and not args.model:
+            recipe = get_dataset(args.dataset).recipe  # the dataset's default
+        if recipe:
+            cfg = resolve_recipe(recipe, fields)
         elif not args.model or not args.dataset:
-            raise ValueError("train needs --recipe NAME, or --model and --dataset (or --resume RUN_DIR)")
+            raise ValueError(
+                "train needs --recipe NAME, or --dataset (a dataset with a default recipe), or --model and "
+                "--dataset (or --resume RUN_DIR)"
+            )
         else:
             cfg = TrainConfig.from_dict(fields)
         result = train(cfg, tracker=tracker, workdir=args.workdir)
@@ -277,7 +339,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model,
         data.dataset,
         data.split.val,
-        isbi=cfg.dataset == "isbi2012",
+        isbi=data.entry.isbi,
         batch_size=cfg.batch_size,
         autocast_dtype=amp,
         channels_last=channels_last,
@@ -476,9 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_recipes)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("verify", help="check a dataset folder against its card; exit 1 on any problem")
-    p.add_argument("path")
-    p.add_argument("--dataset", choices=["isbi2012", "carvana"], help="default: detected from the layout")
+    p = data.add_parser("list", help="registered datasets: channels, classes, split rule, default recipe")
+    p.add_argument("pattern", nargs="?", default="*", help="shell wildcard on the name (default: all)")
+    p.set_defaults(func=_cmd_data_list)
+    p = data.add_parser(
+        "init",
+        help="write a dataset file (TOML) for your folders of images and masks, inferred by reading them",
+    )
+    p.add_argument("--images", required=True, help="folder of images (PNG, JPEG, TIFF, BMP)")
+    p.add_argument("--masks", required=True, help="folder of masks (PNG, GIF, TIFF, BMP)")
+    p.add_argument("--roi", default=None, help="folder of region-of-interest masks: score inside them only")
+    p.add_argument("--name", default=None, help="the dataset's name (default: from the folders)")
+    p.add_argument("--out", required=True, help="the dataset file to write, e.g. my.toml")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_data_init)
+    p = data.add_parser(
+        "verify",
+        help="check a dataset folder against its card, or every file a dataset file names; exit 1 on any "
+        "problem",
+    )
+    p.add_argument("path", help="a dataset folder (isbi2012/, carvana/ ...) or a dataset file (my.toml)")
+    p.add_argument("--dataset", default=None, help="registered dataset (default: detected from the layout)")
     p.add_argument(
         "--checksums",
         action="store_true",
@@ -486,21 +566,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_data_verify)
     p = data.add_parser("synth", help="write a synthetic twin in the real on-disk format")
-    p.add_argument("name", choices=["isbi2012", "carvana"])
+    p.add_argument("name", help="a registered dataset with a twin (`unet-zoo data list`)")
     p.add_argument("out")
     p.add_argument(
         "--count",
         type=int,
         default=None,
-        help="isbi2012: labelled slices (and as many test slices), default 30; carvana: images, "
-        "16 views per car, default 96",
+        help="isbi2012: labelled slices (and as many test slices); carvana: images, 16 views per car "
+        "(default: the twin's, as training uses it)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--size",
         type=int,
         default=None,
-        help="isbi2012: slice side (default 512); carvana: image width, height 2/3 of it (default 480)",
+        help="isbi2012: slice side; carvana: image width, height 2/3 of it (default: the twin's)",
     )
     p.set_defaults(func=_cmd_data_synth)
 
@@ -519,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark suite (default: the main job)")
     p.add_argument("--suite", default="default", help="suite name in benchmarks/suites or a .toml path")
     p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
-    p.add_argument("--datasets", nargs="+", default=None)
+    p.add_argument(
+        "--datasets", nargs="+", default=None, help="registered datasets or dataset files (my.toml)"
+    )
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument(
         "--jobs",
@@ -543,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a named recipe (`unet-zoo recipes`); --model, --override, --set refine it",
     )
     p.add_argument("--model", help="registered model (default: the recipe's)")
-    p.add_argument("--dataset", choices=["isbi2012", "carvana", "carvana512"], help="default: the recipe's")
+    p.add_argument(
+        "--dataset",
+        help="registered dataset (`unet-zoo data list`) or dataset file (my.toml); default: the recipe's",
+    )
     p.add_argument(
         "--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16"
     )

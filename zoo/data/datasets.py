@@ -1,4 +1,4 @@
-"""Segmentation datasets: ISBI 2012, Carvana and a generic image/mask folder.
+"""Segmentation datasets: ISBI 2012 and Carvana (a user's image/mask folder: :mod:`zoo.data.folder`).
 
 A sample is ``(image, mask)``: image float32 ``(C, H, W)`` scaled to [0, 1], mask int64 ``(H, W)`` of
 class indices. Every dataset also knows each sample's ``names`` (file stems, for reports) and ``groups``
@@ -27,10 +27,10 @@ from zoo.data.weightmap import unet_weight_map
 
 __all__ = [
     "CarvanaDataset",
-    "FolderDataset",
     "ISBI2012Dataset",
     "Item",
     "SegmentationDataset",
+    "Selection",
     "detect_layout",
     "resize_image",
 ]
@@ -60,11 +60,45 @@ class Item:
     mask: str | None
 
 
-class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+@dataclass(frozen=True)
+class Selection:
+    """Which samples of a dataset to keep, decided from the names before any pixel is decoded.
+
+    Attributes:
+        names: keep only the samples of these names (e.g. the validation images a weights file names).
+        max_groups: keep only this many groups (cars, patients), chosen by ``seed`` from the sorted group
+            names; None: all.
+    """
+
+    names: frozenset[str] | None = None
+    max_groups: int | None = None
+    seed: int = 0
+
+    def keep(self, items: Sequence[Item]) -> list[int]:
+        """Indices of the kept items, in their order."""
+        kept = [i for i, it in enumerate(items) if self.names is None or it.name in self.names]
+        if self.max_groups is not None:
+            groups = sorted({items[i].group for i in kept})
+            order = np.random.default_rng(self.seed).permutation(len(groups))
+            chosen = {groups[j] for j in order[: self.max_groups]}
+            kept = [i for i in kept if items[i].group in chosen]
+        return kept
+
+
+class SegmentationDataset(Dataset[tuple[torch.Tensor, ...]]):
     """Base class: items, decoding with validation, optional resize, and the in-memory cache.
 
-    Subclasses fill ``self.items`` and implement :meth:`_decode` returning ``(image uint8 (H, W) or
-    (H, W, 3), mask int64 (H, W))``, already validated.
+    Subclasses fill ``self.items``, implement :meth:`_decode` returning ``(image uint8 (H, W) or
+    (H, W, 3), mask int64 (H, W))``, already validated, and call :meth:`_finish_init`; one that holds
+    decoded arrays of its own overrides :meth:`_keep` to drop those of unselected items too.
+
+    Args:
+        resize: decode to ``(H, W)`` (image bilinear, mask nearest); None keeps the stored size.
+        cache: keep decoded samples in memory; None decides by size (``cache_bytes``).
+        select: keep only some samples (:class:`Selection`); None: all.
+        weight_map_class: also return the paper's loss-weight map (w0 = 10, sigma = 5 px) for the
+            touching objects of this class as a third element, ``(H, W)`` float32, computed once per
+            sample (:func:`zoo.data.weightmap.unet_weight_map`).
     """
 
     in_channels: int = 1
@@ -77,12 +111,17 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         resize: tuple[int, int] | None = None,
         cache: bool | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        select: Selection | None = None,
+        weight_map_class: int | None = None,
     ) -> None:
         self.items: list[Item] = []
         self.resize = resize
         self._cache_flag = cache
         self._cache_bytes = cache_bytes
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._select = select
+        self.weight_map_class = weight_map_class
+        self.weights: list[np.ndarray] | None = None
 
     # -- subclass hooks ----------------------------------------------------------------------------
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +146,25 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         image, mask = self._decode(index)
         return self._resized(image, mask)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        """``(image, mask)``, or ``(image, mask, weight)`` with a weight map (``weight_map_class``)."""
         image, mask = self.arrays(index)
         img = torch.from_numpy(np.ascontiguousarray(image))
         img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
-        return img.float().div_(255.0), torch.from_numpy(np.ascontiguousarray(mask))
+        sample = (img.float().div_(255.0), torch.from_numpy(np.ascontiguousarray(mask)))
+        if self.weights is None:
+            return sample
+        return (*sample, torch.from_numpy(self.weights[index]))
+
+    def _keep(self, indices: list[int]) -> None:
+        """Drop every item not in ``indices`` (the selection), before anything is decoded."""
+        self.items = [self.items[i] for i in indices]
 
     def _finish_init(self) -> None:
-        """Decide on caching once ``items`` is known, and fill the cache if chosen."""
+        """Once ``items`` is known: apply the selection, decide on caching and fill the cache if chosen,
+        and compute the weight maps if asked."""
+        if self._select is not None:
+            self._keep(self._select.keep(self.items))
         if not self.items:
             return
         cache = self._cache_flag
@@ -124,14 +174,18 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if cache:
             self._cache = [self._resized(*self._decode(i)) for i in range(len(self.items))]
             log.debug("%s: %d samples decoded into memory", type(self).__name__, len(self.items))
+        if self.weight_map_class is not None:
+            cls = self.weight_map_class
+            self.weights = [unet_weight_map(self.arrays(i)[1], object_class=cls) for i in range(len(self))]
 
     def _resized(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.resize is None or image.shape[:2] == self.resize:
             return image, mask
         h, w = self.resize
         img = resize_image(image, self.resize)
-        # nearest-neighbour keeps the mask integer and its classes exact
-        msk = np.array(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+        # nearest-neighbour keeps the mask integer and its classes exact; in 32 bits, since an 8-bit
+        # detour would turn the ignore value -1 into 255
+        msk = np.array(Image.fromarray(mask.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
         return img, msk.astype(np.int64)
 
 
@@ -181,8 +235,9 @@ class ISBI2012Dataset(SegmentationDataset):
     Args:
         root: the folder holding either layout.
         split: "train" (images with labels) or "test" (images only; masks are all -1 = unlabelled).
-        weight_map: also return the paper's loss-weight map (w0 = 10, sigma = 5 px) as a third element,
-            ``(H, W)`` float32, computed once per slice (:func:`zoo.data.weightmap.unet_weight_map`).
+        weight_map: also return the paper's loss-weight map as a third element, the cells being the
+            touching objects (``SegmentationDataset``'s ``weight_map_class=0``).
+        select: keep only some slices (:class:`Selection`).
     """
 
     in_channels = 1
@@ -200,10 +255,14 @@ class ISBI2012Dataset(SegmentationDataset):
         split: str = "train",
         resize: tuple[int, int] | None = None,
         weight_map: bool = False,
+        select: Selection | None = None,
     ) -> None:
-        super().__init__(resize=resize, cache=True)
+        # cells (class 0) are the objects; the membrane between two of them gets the weight
+        super().__init__(resize=resize, cache=True, select=select, weight_map_class=0 if weight_map else None)
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r} is not one of 'train', 'test'")
+        if weight_map and split != "train":
+            raise ValueError("weight_map=True needs labels: use split='train'")
         self.root = Path(root)
         self.split = split
         self.layout = detect_layout(self.root)
@@ -219,18 +278,11 @@ class ISBI2012Dataset(SegmentationDataset):
         else:
             self._read_tif()
         self._finish_init()
-        self.weights: list[np.ndarray] | None = None
-        if weight_map:
-            if split != "train":
-                raise ValueError("weight_map=True needs labels: use split='train'")
-            # cells (class 0) are the objects; the membrane between two of them gets the weight
-            self.weights = [unet_weight_map(self.arrays(i)[1], object_class=0) for i in range(len(self))]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        image, mask = super().__getitem__(index)
-        if self.weights is None:
-            return image, mask
-        return image, mask, torch.from_numpy(self.weights[index])
+    def _keep(self, indices: list[int]) -> None:
+        super()._keep(indices)
+        self._images = [self._images[i] for i in indices]
+        self._masks = [self._masks[i] for i in indices]
 
     def _read_png(self) -> None:
         if self.split == "train":
@@ -292,8 +344,8 @@ class CarvanaDataset(SegmentationDataset):
     Args:
         root: folder holding ``train/`` and ``train_masks/``.
         resize: decode to ``(H, W)`` (image bilinear, mask nearest); None keeps the stored size.
-        cars: keep only these car ids.
         cache: keep decoded samples in memory; None decides by size (``cache_bytes``).
+        select: keep only some images or cars (:class:`Selection`; a car is a group).
     """
 
     in_channels = 3
@@ -306,11 +358,11 @@ class CarvanaDataset(SegmentationDataset):
         root: str | Path,
         *,
         resize: tuple[int, int] | None = None,
-        cars: Sequence[str] | None = None,
         cache: bool | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        select: Selection | None = None,
     ) -> None:
-        super().__init__(resize=resize, cache=cache, cache_bytes=cache_bytes)
+        super().__init__(resize=resize, cache=cache, cache_bytes=cache_bytes, select=select)
         self.root = Path(root)
         image_dir, mask_dir = self.root / "train", self.root / "train_masks"
         if not image_dir.is_dir() or not mask_dir.is_dir():
@@ -318,20 +370,19 @@ class CarvanaDataset(SegmentationDataset):
                 f"{self.root}: not a Carvana folder; expected train/<car>_<NN>.jpg and "
                 "train_masks/<car>_<NN>_mask.gif (the Kaggle layout)"
             )
-        keep = set(cars) if cars is not None else None
         for path in sorted(image_dir.glob("*.jpg")):
             m = _CARVANA_NAME.match(path.stem)
             if m is None:
                 raise DataError(f"{path}: name does not follow <car id>_<NN>.jpg; rename it or remove it")
-            if keep is not None and m["car"] not in keep:
-                continue
             mask = mask_dir / f"{path.stem}_mask.gif"
             if not mask.is_file():
                 raise DataError(f"{mask}: mask missing for image {path}; every image needs its _mask.gif")
             self.items.append(Item(path.stem, m["car"], str(path), str(mask)))
         if not self.items:
-            raise DataError(f"{image_dir}: no images found" + (f" for cars {sorted(keep)}" if keep else ""))
+            raise DataError(f"{image_dir}: no images found")
         self._finish_init()
+        if not self.items:
+            raise DataError(f"{image_dir}: none of the images is selected ({select})")
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         item = self.items[index]
@@ -340,80 +391,6 @@ class CarvanaDataset(SegmentationDataset):
         raw = read_image(item.mask)
         _check_pair(image, raw, item)
         return image, _mask_values(raw, self.MASK_VALUES, item)
-
-
-# -- a user's folder ----------------------------------------------------------------------------------
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
-
-
-class FolderDataset(SegmentationDataset):
-    """Images in one folder, masks in another, matched by a naming rule; no code needed for a new dataset.
-
-    Args:
-        images: folder of images (PNG, JPEG, TIFF, GIF, BMP).
-        masks: folder of masks; each holds class indices (0..num_classes-1), or 0/255 for two classes.
-        mask_name: how a mask is named from its image's stem, e.g. ``"{stem}_mask.png"`` or ``"{stem}.png"``.
-        num_classes: number of classes in the masks.
-        channels: 1 (gray) or 3 (RGB): images are converted to it.
-        group_pattern: a regular expression whose first group, matched on the stem, names the group that
-            must stay on one side of a split (e.g. ``r"^(\\w+?)_\\d+$"`` for ``patient_slice``); None: each
-            image is its own group.
-    """
-
-    def __init__(
-        self,
-        images: str | Path,
-        masks: str | Path,
-        *,
-        mask_name: str = "{stem}.png",
-        num_classes: int = 2,
-        channels: int = 3,
-        group_pattern: str | None = None,
-        resize: tuple[int, int] | None = None,
-        cache: bool | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-    ) -> None:
-        super().__init__(resize=resize, cache=cache, cache_bytes=cache_bytes)
-        if channels not in (1, 3):
-            raise ValueError(f"channels={channels} must be 1 or 3")
-        if "{stem}" not in mask_name:
-            raise ValueError(f"mask_name={mask_name!r} must contain '{{stem}}', e.g. '{{stem}}_mask.png'")
-        self.in_channels, self.num_classes = channels, num_classes
-        self.class_names = tuple(f"class{i}" for i in range(num_classes))
-        self._values = {i: i for i in range(num_classes)}
-        if num_classes == 2:
-            self._values[255] = 1
-        image_dir, mask_dir = Path(images), Path(masks)
-        for d in (image_dir, mask_dir):
-            if not d.is_dir():
-                raise DataError(f"{d}: folder not found")
-        rx = re.compile(group_pattern) if group_pattern else None
-        for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            mask = mask_dir / mask_name.format(stem=path.stem)
-            if not mask.is_file():
-                raise DataError(f"{mask}: mask missing for image {path} (mask_name={mask_name!r})")
-            group = path.stem
-            if rx is not None:
-                m = rx.search(path.stem)
-                if m is None or not m.groups():
-                    raise DataError(f"{path}: group_pattern {group_pattern!r} does not match its name")
-                group = m.group(1)
-            self.items.append(Item(path.stem, group, str(path), str(mask)))
-        if not self.items:
-            raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-        self._finish_init()
-
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        item = self.items[index]
-        image = read_image(item.image, mode="L" if self.in_channels == 1 else "RGB")
-        assert item.mask is not None
-        raw = read_image(item.mask)
-        if raw.ndim == 3:
-            raise DataError(
-                f"{item.mask}: mask has colour channels; save masks as single-channel class indices"
-            )
-        _check_pair(image, raw, item)
-        return image, _mask_values(raw, self._values, item)
 
 
 # -- layout detection ----------------------------------------------------------------------------------

@@ -7,40 +7,114 @@ says which file, what is wrong with it, and what to do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageSequence
 
-__all__ = ["DataError", "read_image", "read_stack", "write_image", "write_stack"]
+__all__ = [
+    "DataError",
+    "ImageInfo",
+    "SixteenBit",
+    "image_info",
+    "read_image",
+    "read_stack",
+    "write_image",
+    "write_stack",
+]
 
 
 class DataError(ValueError):
     """A data file or folder that cannot be used as it is; the message names the file and the fix."""
 
 
-def read_image(path: str | Path, *, mode: str | None = None) -> np.ndarray:
+SixteenBit = Literal["reject", "scale", "keep"]
+"""What :func:`read_image` does with 16-bit gray pixels: refuse them, scale them to 8 bits, or keep them."""
+
+# Pillow's modes for 16-bit gray (TIFF, PNG) and the 32-bit integer mode some 16-bit files decode to
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, read without decoding the pixels."""
+
+    mode: str
+    width: int
+    height: int
+    pages: int
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Pillow mode, size and page count (> 1 for a multi-page TIFF) of an image file, decoding no pixels.
+
+    Raises:
+        DataError: missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; check the path")
+    try:
+        with Image.open(p) as im:
+            return ImageInfo(im.mode, im.width, im.height, int(getattr(im, "n_frames", 1)))
+    except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
+        raise DataError(
+            f"{p}: cannot read the image header ({err}); the file is corrupted: replace it"
+        ) from err
+
+
+def read_image(
+    path: str | Path, *, mode: str | None = None, page: int = 0, sixteen_bit: SixteenBit = "reject"
+) -> np.ndarray:
     """Decode one image to a uint8 array, ``(H, W)`` for gray or palette, ``(H, W, 3)`` for colour.
 
     Args:
-        path: PNG, JPEG, GIF or single-page TIFF.
+        path: PNG, JPEG, GIF, BMP or TIFF.
         mode: convert to this Pillow mode ("L", "RGB"); None keeps gray/palette as indices, colour as RGB.
+        page: the page of a multi-page TIFF (0: the first, or only, one).
+        sixteen_bit: 16-bit gray pixels (Pillow modes I;16 and I) are "reject"ed with a DataError (so they
+            are never clipped unnoticed), "scale"d to 8 bits by the full 16-bit range (v * 255 / 65535,
+            rounded) before ``mode`` applies, as images want, or kept exact as uint16 ("keep", with
+            ``mode=None``), as masks want: their values are class labels.
 
     Raises:
-        DataError: missing, unreadable, truncated or corrupted file.
+        DataError: missing, unreadable, truncated or corrupted file; a missing page; 16-bit pixels when
+            refused, or values beyond 16 bits.
     """
     p = Path(path)
+    if sixteen_bit == "keep" and mode is not None:
+        raise ValueError(f"sixteen_bit='keep' returns the file's values: use mode=None, not {mode!r}")
     if not p.is_file():
         raise DataError(f"{p}: file not found; check the path or re-download the dataset")
     try:
         with Image.open(p) as opened:
+            pages = int(getattr(opened, "n_frames", 1))
+            if not 0 <= page < pages:
+                raise DataError(f"{p}: has {pages} page(s), so no page {page}")
+            if page:
+                opened.seek(page)
             opened.load()  # force the full decode now: truncation shows here, not later
             im: Image.Image = opened
+            if im.mode in _WIDE_MODES:
+                if sixteen_bit == "reject":
+                    raise DataError(
+                        f"{p}: 16-bit pixels (mode {im.mode}) where 8-bit ones are expected; convert the "
+                        "file to 8-bit"
+                    )
+                wide = _sixteen_bits(p, np.array(im))
+                if sixteen_bit == "keep":
+                    return wide
+                # rounded v * 255 / 65535, in integers: exact, and 65535 maps to 255
+                im = Image.fromarray(((wide.astype(np.uint32) * 510 + 65535) // 131070).astype(np.uint8))
             if mode is not None:
                 im = im.convert(mode)
-            elif im.mode not in ("L", "P", "RGB", "I;16", "1"):
+            elif im.mode not in ("L", "P", "RGB", "1"):
                 im = im.convert("RGB")
             arr = np.array(im)  # a writable copy (torch.from_numpy needs one)
+    except DataError:
+        raise
     except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
         raise DataError(
             f"{p}: cannot decode image ({err}); the file is corrupted or truncated: replace it with a good "
@@ -51,6 +125,16 @@ def read_image(path: str | Path, *, mode: str | None = None) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise DataError(f"{p}: expected 8-bit pixels, got {arr.dtype}; convert the image to 8-bit")
     return arr
+
+
+def _sixteen_bits(path: Path, values: np.ndarray) -> np.ndarray:
+    """``values`` as uint16, or a DataError when a 32-bit integer file holds values beyond 16 bits."""
+    if values.dtype != np.uint16 and values.size and (values.min() < 0 or values.max() > 65535):
+        raise DataError(
+            f"{path}: pixel values span {values.min()}..{values.max()}, beyond 16 bits; save the file as "
+            "8- or 16-bit"
+        )
+    return values.astype(np.uint16)
 
 
 def read_stack(path: str | Path) -> np.ndarray:

@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from zoo.data.folder import FolderSpec, PairingRule
 from zoo.data.io import write_image
 
-__all__ = ["Car", "car_scene", "em_volume", "write_car_twin", "write_em_twin"]
+__all__ = ["Car", "car_scene", "em_volume", "write_car_twin", "write_em_twin", "write_shapes_twin"]
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -247,3 +248,54 @@ def write_car_twin(
             write_image(root / "train_masks" / f"{name}_mask.gif", mask, palette_mask=True)
             written += 1
     return root
+
+
+# -- multi-class shapes: a user's folder dataset -----------------------------------------------------------
+_SHAPE_CLASSES = (("background", 0), ("disc", 1), ("square", 2), ("triangle", 3))
+
+
+def write_shapes_twin(out: str | Path, *, count: int = 12, size: int = 96, seed: int = 0) -> Path:
+    """Write a 4-class folder dataset and its ``dataset.toml``; return the TOML's path.
+
+    ``images/shape_NNN.png`` are RGB: discs, squares and triangles on a textured background;
+    ``masks/shape_NNN_mask.png`` are 8-bit with 0 = background, 1 = disc, 2 = square, 3 = triangle
+    (a later shape covers an earlier one in both). Each kind has its own hue, jittered, so a model
+    learns something in seconds; the outline still matters where hues come close.
+    """
+    root = Path(out)
+    rng = np.random.default_rng(seed)
+    hues = np.array([[0.85, 0.3, 0.25], [0.25, 0.7, 0.3], [0.3, 0.35, 0.85]])  # disc, square, triangle
+    for i in range(count):
+        background = 0.45 + 0.12 * _smooth_field(rng, (size, size), size / 12)[..., None]
+        img = background * rng.uniform(0.8, 1.0, 3)
+        mask_im = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask_im)
+        for _ in range(int(rng.integers(2, 5))):
+            kind = int(rng.integers(1, 4))
+            r = rng.uniform(0.08, 0.18) * size
+            cx, cy = rng.uniform(r, size - r, 2)
+            if kind == 1:
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=kind)
+            elif kind == 2:
+                draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=kind)
+            else:
+                draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=kind)
+        mask = np.asarray(mask_im)
+        colours = np.clip(hues + rng.normal(0, 0.06, hues.shape), 0, 1)
+        img = np.where(mask[..., None] > 0, colours[np.maximum(mask, 1) - 1], img)
+        img = img + rng.normal(0, 0.03, img.shape)
+        write_image(
+            root / "images" / f"shape_{i:03d}.png", np.clip(img * 255, 0, 255).round().astype(np.uint8)
+        )
+        write_image(root / "masks" / f"shape_{i:03d}_mask.png", mask)
+    spec = FolderSpec(
+        name="shapes",
+        images=root / "images",
+        masks=root / "masks",
+        classes=_SHAPE_CLASSES,
+        pairing=PairingRule("suffix", suffix="_mask"),
+        channels=3,
+    )
+    toml = root / "dataset.toml"
+    toml.write_text(spec.to_toml(relative_to=root))
+    return toml

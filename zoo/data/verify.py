@@ -98,9 +98,9 @@ def _check_mask(
         report.problem(path, f"mask values {sorted(values)[:10]} are outside the expected {sets}")
 
 
-def _read(path: Path, report: Report, **kwargs: str) -> np.ndarray | None:
+def _read(path: Path, report: Report, *, mode: str | None = None) -> np.ndarray | None:
     try:
-        return read_image(path, **kwargs)
+        return read_image(path, mode=mode)
     except DataError as err:
         report.problem(path, str(err).removeprefix(f"{path}: "))
         return None

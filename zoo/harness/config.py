@@ -8,10 +8,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["DATASETS", "TrainConfig"]
+from zoo.data.registry import get_dataset
 
-# dataset name -> folder under a data root (the layout of ../shared/data and of a synthetic root)
-DATASETS = {"isbi2012": "isbi2012", "carvana": "carvana", "carvana512": "carvana512"}
+__all__ = ["TrainConfig"]
 
 
 @dataclass
@@ -22,8 +21,10 @@ class TrainConfig:
         model: registered model name; ``overrides`` are passed to ``create_model``.
         recipe: the recipe (``zoo.harness.recipes``) the other fields were resolved from, if any; recorded
             with the run and its weights. Only a name: the fields themselves are the resolved values.
-        dataset: "isbi2012", "carvana" (full resolution) or "carvana512".
-        data_root: folder holding the dataset folders (e.g. ``../shared/data``); None: a synthetic twin.
+        dataset: a registered dataset (``unet-zoo data list``: "isbi2012", "carvana", "carvana512") or the
+            path of a dataset file (``my.toml``, :mod:`zoo.data.folder`).
+        data_root: folder holding the registered datasets' folders (e.g. ``../shared/data``); None: a
+            synthetic twin. A dataset file names its own folders.
         seed: drives initialisation, crops, augmentation and dropout (splits use ``split_seed``).
         epochs: maximum epochs; ``steps_per_epoch`` optimiser steps each (None: one pass over the crops).
         batch_size: the global batch: under ``torchrun`` each of the N processes trains on
@@ -31,13 +32,15 @@ class TrainConfig:
             and takes the same steps whatever N is.
         crop: training crop side; for valid-convolution models the nearest accepted input size is used and
             the loss is taken on the output window.
-        resize: decode size ``[H, W]`` for Carvana (None keeps the stored size).
-        max_cars: use only this many cars (Carvana), chosen by ``split_seed``; None: all.
-        folds, fold: ISBI contiguous-block validation fold; val_fraction: Carvana held-out cars.
+        resize: decode size ``[H, W]`` (None keeps the stored size).
+        max_cars: use only this many groups (cars on Carvana), chosen by ``split_seed``; None: all.
+        folds, fold: the validation block of datasets split in blocks (ISBI); val_fraction: the share of
+            groups held out of datasets split by groups (Carvana's cars), chosen by ``split_seed``.
         max_val_images: score at most this many validation images (None: all).
         optimizer: "adamw", "adam" or "sgd" (momentum 0.99, as the paper).
         schedule: "cosine", "constant" or "step" (x0.1 at 2/3 of the epochs); warmup_epochs linear warm-up.
-        loss: "ce", "dice" or "ce+dice"; weight_map: the paper's border weights on the CE term (ISBI).
+        loss: "ce", "dice" or "ce+dice"; weight_map: the paper's border weights on the CE term (datasets
+            whose entry names the class of touching objects: ISBI's cells).
         amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
         channels_last: None = with amp on; compile: ``torch.compile`` the model.
         accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
@@ -93,7 +96,6 @@ class TrainConfig:
     cost_size: int | None = None
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "dataset": tuple(DATASETS),
         "optimizer": ("adamw", "adam", "sgd"),
         "schedule": ("cosine", "constant", "step"),
         "loss": ("ce", "dice", "ce+dice"),
@@ -111,8 +113,13 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and accumulate must be >= 1")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
-        if self.weight_map and self.dataset != "isbi2012":
-            raise ValueError("weight_map=True is the paper's ISBI loss weight; it needs dataset='isbi2012'")
+        entry = get_dataset(self.dataset)  # an unknown name fails here, with the close ones
+        if self.weight_map and entry.weight_map_class is None:
+            raise ValueError(
+                f"weight_map=True is the paper's border weight between touching objects; dataset "
+                f"{entry.name!r} names no object class for it (ISBI does; a dataset file can, with "
+                "weight_map_class)"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -138,4 +145,4 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{self.model}-{self.dataset}-s{self.seed}"
+        return f"{self.model}-{get_dataset(self.dataset).name}-s{self.seed}"

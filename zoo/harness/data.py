@@ -1,4 +1,5 @@
-"""From a run's config to its dataset and split: real data when a root is given, else a synthetic twin."""
+"""From a run's config to its dataset and split: real data when a root is given (or the dataset is a
+file), else a synthetic twin."""
 
 from __future__ import annotations
 
@@ -12,19 +13,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from zoo.data import (
-    CarvanaDataset,
-    DataError,
-    ISBI2012Dataset,
-    SegmentationDataset,
-    Split,
-    block_kfold,
-    group_split,
-)
-from zoo.data.synthetic import write_car_twin, write_em_twin
-from zoo.harness.config import DATASETS, TrainConfig
+from zoo.data import DataError, SegmentationDataset, Split
+from zoo.data.datasets import Selection
+from zoo.data.registry import DatasetEntry, get_dataset
+from zoo.harness.config import TrainConfig
 
 __all__ = ["RunData", "build_data"]
 
@@ -33,6 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunData:
+    """A run's data: its registry entry, the dataset read, the split, and where the files came from."""
+
+    entry: DatasetEntry
     dataset: SegmentationDataset
     split: Split
     source: str
@@ -54,28 +49,30 @@ def _remove_stale_temps(root: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
-    """A twin generated once per (dataset, generation settings) and reused by later runs."""
-    kind = "isbi2012" if cfg.dataset == "isbi2012" else "carvana"
-    count = cfg.synthetic.get("count", 24 if kind == "isbi2012" else 96)
-    size = cfg.synthetic.get("size", 256 if kind == "isbi2012" else 192)
-    seed = cfg.synthetic.get("seed", 0)
-    key = hashlib.sha1(f"{kind}-{count}-{size}-{seed}".encode()).hexdigest()[:8]
-    root = workdir / "synthetic" / f"{kind}-{key}"
+def _synthetic_root(entry: DatasetEntry, settings: dict[str, int], workdir: Path) -> Path:
+    """A twin generated once per (format, generation settings) and reused by later runs."""
+    twin = entry.twin
+    if twin is None:
+        raise DataError(
+            f"dataset {entry.name!r} has no synthetic twin; give --data-root (the folder that holds "
+            f"{entry.folder}/)"
+        )
+    count = settings.get("count", twin.count)
+    size = settings.get("size", twin.size)
+    seed = settings.get("seed", 0)
+    key = hashlib.sha1(f"{twin.kind}-{count}-{size}-{seed}".encode()).hexdigest()[:8]
+    root = workdir / "synthetic" / f"{twin.kind}-{key}"
     done = root / ".complete"
     if not done.is_file():
         # Written aside and renamed into place whole: a process killed mid-way leaves only its own temp
         # folder (never a half twin under the real name), and two processes generating the same twin at
         # once both succeed: the first rename wins, the other's identical copy is discarded.
-        log.info("writing synthetic %s twin to %s", kind, root)
+        log.info("writing synthetic %s twin to %s", twin.kind, root)
         root.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(root)
         tmp = _temp_beside(root)  # mkdir: the umask's mode, shared or not
         tmp.mkdir()
-        if kind == "isbi2012":
-            write_em_twin(tmp, count=count, seed=seed, size=size)
-        else:
-            write_car_twin(tmp, count=count, seed=seed, height=size * 2 // 3, width=size)
+        twin.write(tmp, count=count, size=size, seed=seed)
         (tmp / ".complete").write_text("ok\n")
         if root.is_dir() and not done.is_file():  # left by an older version cut short
             # renamed away first (atomic: one process wins), so no one deletes a twin another just placed
@@ -93,30 +90,19 @@ def _synthetic_root(cfg: TrainConfig, workdir: Path) -> Path:
 
 
 def build_data(cfg: TrainConfig, workdir: str | Path) -> RunData:
-    """Load the dataset the config names and split it (blocks of slices for ISBI, cars for Carvana)."""
-    if cfg.data_root is None:
-        root = _synthetic_root(cfg, Path(workdir))
-        source = f"synthetic twin of {cfg.dataset} ({root.name})"
+    """Load the dataset the config names (from the registry, or a dataset file) and split it by the
+    dataset's rule."""
+    entry = get_dataset(cfg.dataset)
+    root = entry.root(cfg.data_root)
+    if root is None:
+        root = _synthetic_root(entry, cfg.synthetic, Path(workdir))
+        source = f"synthetic twin of {entry.name} ({root.name})"
     else:
-        root = Path(cfg.data_root) / DATASETS[cfg.dataset]
-        if not root.is_dir():
-            raise DataError(
-                f"{root}: dataset folder not found for dataset={cfg.dataset!r} under "
-                f"data_root={cfg.data_root!r}; point --data-root at the folder that holds it (e.g. "
-                "../shared/data), or leave it out to use a synthetic twin"
-            )
-        source = str(root)
-    if cfg.dataset == "isbi2012":
-        resize = tuple(cfg.resize) if cfg.resize else None
-        isbi = ISBI2012Dataset(root, weight_map=cfg.weight_map, resize=resize)  # type: ignore[arg-type]
-        split = block_kfold(len(isbi), folds=cfg.folds, fold=cfg.fold)
-        return RunData(isbi, split, source)
-    cars = None
-    if cfg.max_cars is not None:
-        ids = sorted({p.name.split("_")[0] for p in (root / "train").glob("*.jpg")})
-        order = np.random.default_rng(cfg.split_seed).permutation(len(ids))
-        cars = sorted(ids[i] for i in order[: cfg.max_cars])
-    resize = tuple(cfg.resize) if cfg.resize else None
-    carvana = CarvanaDataset(root, resize=resize, cars=cars)  # type: ignore[arg-type]
-    split = group_split(carvana.groups, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-    return RunData(carvana, split, source)
+        source = str(entry.source or root)
+    select = None if cfg.max_cars is None else Selection(max_groups=cfg.max_cars, seed=cfg.split_seed)
+    resize = (int(cfg.resize[0]), int(cfg.resize[1])) if cfg.resize else None
+    dataset = entry.load(root, resize=resize, weight_map=cfg.weight_map, select=select)
+    split = entry.split(
+        dataset, folds=cfg.folds, fold=cfg.fold, val_fraction=cfg.val_fraction, seed=cfg.split_seed
+    )
+    return RunData(entry, dataset, split, source)

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from zoo.data import CarvanaDataset, DataError, ISBI2012Dataset, SegmentationDataset
-from zoo.harness.config import DATASETS
+from zoo.data import DataError, SegmentationDataset
+from zoo.data.datasets import Selection
+from zoo.data.registry import DatasetEntry, get_dataset
 from zoo.harness.tracking import quality_keys
 from zoo.weights import (
     TrainingScale,
@@ -35,13 +36,6 @@ from zoo.weights import (
 __all__ = ["find_run", "publish_run", "reproduce_metrics"]
 
 log = logging.getLogger(__name__)
-
-# the dataset class of each harness dataset name: its channels and classes, and how to read it
-_DATASET_CLASSES: dict[str, type[SegmentationDataset]] = {
-    "isbi2012": ISBI2012Dataset,
-    "carvana": CarvanaDataset,
-    "carvana512": CarvanaDataset,
-}
 
 
 def find_run(client: Any, run_id: str) -> Any:
@@ -99,8 +93,9 @@ def publish_run(
     if run.info.status != "FINISHED":
         raise ValueError(f"run {name} ({run.info.run_id}) is {run.info.status}; only finished runs publish")
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    dataset = params["cfg.dataset"]
-    quality = {k: metrics[k] for k in quality_keys(isbi=dataset == "isbi2012") if k in metrics}
+    data = get_dataset(params["cfg.dataset"])
+    dataset = data.name
+    quality = {k: metrics[k] for k in quality_keys(isbi=data.isbi) if k in metrics}
     if "dice" not in quality:
         raise ValueError(f"run {name} has no final metrics (dice); it did not complete")
     suite = tags.get("suite", "")
@@ -124,7 +119,7 @@ def publish_run(
     model_args = json.loads(meta["model_args"])
     if json.loads(meta.get("metrics", "{}")).get("dice") != quality["dice"]:
         raise ValueError(f"run {name}: the weights artifact's metrics differ from the run's; not publishing")
-    in_ch, classes = _DATASET_CLASSES[dataset].in_channels, _DATASET_CLASSES[dataset].num_classes
+    in_ch, classes = data.in_channels, data.num_classes
     file_name = f"{model_name}.{tag}.safetensors"
     if any(e.name == f"{model_name}.{tag}" for e in existing) and not overwrite:
         raise ValueError(
@@ -150,7 +145,7 @@ def publish_run(
         "channels_last": params.get("memory_format") == "channels_last",
         "batch_size": int(cfg.get("batch_size", 4)),
         **scale.as_record(),
-        "isbi": dataset == "isbi2012",
+        "isbi": data.isbi,
         "data_source": params.get("data_source", ""),
     }
     target = out_dir / file_name
@@ -222,21 +217,27 @@ class DataUnavailableError(DataError):
     """The data an entry names is not on this machine (tests skip on it)."""
 
 
+def _registry_entry(entry: WeightsEntry) -> DatasetEntry:
+    """The dataset an entry was trained on: a registered one, or the dataset file its run trained on."""
+    source = entry.train_config.get("dataset", entry.dataset)
+    try:
+        return get_dataset(source)
+    except DataError as err:  # a dataset file that is not on this machine
+        raise DataUnavailableError(str(err)) from None
+
+
 def _entry_dataset(entry: WeightsEntry, data_root: str | Path) -> tuple[SegmentationDataset, list[int]]:
-    root = Path(data_root) / DATASETS[entry.dataset]
-    if not root.is_dir():
-        raise DataUnavailableError(f"{root}: {entry.dataset} is not present under {data_root}")
-    size = entry.training_scale.resize
+    data = _registry_entry(entry)
+    try:
+        root = data.root(data_root)
+    except DataError as err:
+        raise DataUnavailableError(f"{entry.dataset} is not present under {data_root}: {err}") from None
+    assert root is not None
     names = list(entry.split["val_items"])
-    ds: SegmentationDataset
-    if entry.dataset == "isbi2012":
-        ds = ISBI2012Dataset(root, resize=size)
-    else:
-        cars = sorted({n.split("_")[0] for n in names})
-        try:
-            ds = CarvanaDataset(root, resize=size, cars=cars)
-        except DataError as err:
-            raise DataUnavailableError(str(err)) from None
+    try:
+        ds = data.load(root, resize=entry.training_scale.resize, select=Selection(names=frozenset(names)))
+    except DataError as err:
+        raise DataUnavailableError(str(err)) from None
     index = {n: i for i, n in enumerate(ds.names)}
     missing = [n for n in names if n not in index]
     if missing:

@@ -24,11 +24,13 @@ from typing import Any
 
 import tomllib
 
+from zoo.data.registry import get_dataset, list_datasets
 from zoo.harness.config import TrainConfig
 
 __all__ = ["RECIPES_FILE", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes", "resolve_recipe"]
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+ANY_DATASET = "*"
 _META = ("description", "models", "dataset", "reference")
 
 
@@ -44,7 +46,8 @@ class Recipe:
         name: how suites, the CLI, runs and weights refer to it.
         description: what it is for, on what hardware, how long it takes.
         models: registry patterns of the models it was made for; the first is the default model.
-        dataset: the dataset it was made for.
+        dataset: the dataset it was made for (a registered name), or ``"*"``: any dataset, a dataset file
+            included (a starting point for a user's data).
         fields: ``TrainConfig`` fields (the dataset and model excepted).
         reference: where its settings and expected results come from (a measurement, a paper).
     """
@@ -57,7 +60,11 @@ class Recipe:
     reference: str = ""
 
     def applies_to(self, model: str, dataset: str) -> bool:
-        return dataset == self.dataset and any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        """Whether it was made for ``model`` on ``dataset`` (a registered name or a dataset file)."""
+        return self.fits(dataset) and any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def fits(self, dataset: str) -> bool:
+        return self.dataset == ANY_DATASET or get_dataset(dataset).name == self.dataset
 
     @property
     def default_model(self) -> str:
@@ -91,7 +98,8 @@ def load_recipes(path: str | Path = RECIPES_FILE) -> dict[str, Recipe]:
     spec = tomllib.loads(path.read_text())
     recipes = {name: _parse(name, table, str(path)) for name, table in spec.items()}
     for recipe in recipes.values():  # the full check of values (choices, ranges) that TrainConfig does
-        resolve_recipe(recipe, {})
+        stand_in = {"dataset": list_datasets()[0]} if recipe.dataset == ANY_DATASET else {}
+        resolve_recipe(recipe, stand_in)
     return recipes
 
 
@@ -121,11 +129,14 @@ def resolve_recipe(recipe: str | Recipe, fields: Mapping[str, Any]) -> TrainConf
     """The config of a run that starts from ``recipe`` and sets ``fields`` on top (``overrides`` merged).
 
     ``model`` defaults to the recipe's first model, ``dataset`` to its dataset; a dataset other than the
-    recipe's is refused (its crop, loss and budget were made for that data).
+    recipe's is refused (its crop, loss and budget were made for that data), unless the recipe is made
+    for any dataset (``dataset = "*"``), which then needs one named.
     """
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
     dataset = fields.get("dataset") or r.dataset
-    if dataset != r.dataset:
+    if dataset == ANY_DATASET:
+        raise ValueError(f"recipe {r.name!r} is made for any dataset: name one with --dataset (or a my.toml)")
+    if not r.fits(dataset):
         raise ValueError(
             f"recipe {r.name!r} is made for dataset {r.dataset!r}, not {dataset!r}; pick a recipe for "
             f"{dataset!r} (`unet-zoo recipes`) or set the fields yourself with --set"

@@ -327,6 +327,7 @@ def _train(
                 {
                     "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
                     "data_source": data.source,
+                    **data.entry.describe(ds),
                     "train_input_size": crop,
                     "train_image_size": json.dumps(scale.as_record()["image_size"]),
                     "train_output_size": out_size,
@@ -350,6 +351,8 @@ def _train(
                 },
             )
             rec.log_artifact(run_id, run_dir / "config.json", "config")
+            if data.entry.source is not None:  # a dataset file: its content, as the run read it
+                rec.log_artifact(run_id, data.entry.source, "dataset")
         run_id, run_dir = distributed.broadcast((run_id, run_dir), ctx)
     else:
         ckpt_path = run_dir / "checkpoint.pt"
@@ -378,7 +381,6 @@ def _train(
         )
         aug = AugmentConfig(**cfg.augment)
         gen = torch.Generator()
-        is_isbi = cfg.dataset == "isbi2012"
         stopped_early = False
         for epoch in tqdm(
             range(start_epoch, cfg.epochs),
@@ -477,7 +479,7 @@ def _train(
                     model,
                     ds,
                     split.val,
-                    isbi=is_isbi,
+                    isbi=data.entry.isbi,
                     batch_size=cfg.batch_size,
                     autocast_dtype=amp,
                     channels_last=channels_last,
@@ -535,7 +537,7 @@ def _train(
                 model,
                 run_dir / "best.safetensors",
                 {
-                    "dataset": cfg.dataset,
+                    "dataset": data.entry.name,
                     "epoch": best_epoch,
                     "metrics": best_metrics,
                     "run_id": run_id,
