@@ -196,7 +196,19 @@ RESULT_QUALITY = ("dice", "iou", "misclassified", "pixel_error", "rand_error", "
 
 def _print_results(outcomes: Sequence[tuple[str, object]]) -> None:
     from zoo.harness.training import RunResult
+    from zoo.metrics import split_class_key
 
+    # per-class Dice of multi-class datasets, in the order the runs report them
+    per_class = list(
+        dict.fromkeys(
+            k
+            for _, o in outcomes
+            if isinstance(o, RunResult)
+            for k in o.metrics
+            if (parts := split_class_key(k)) and parts[0] == "dice"
+        )
+    )
+    quality = (*RESULT_QUALITY[:1], *per_class, *RESULT_QUALITY[1:])
     rows = []
     for name, outcome in outcomes:
         if isinstance(outcome, RunResult):
@@ -204,20 +216,21 @@ def _print_results(outcomes: Sequence[tuple[str, object]]) -> None:
             rows.append(
                 [
                     name,
-                    *(f"{m[k]:.4f}" if k in m else "-" for k in RESULT_QUALITY),
+                    *(f"{m[k]:.4f}" if k in m else "-" for k in quality),
                     f"{m['train_images_per_s']:.2f}",
                     f"{m['infer_images_per_s']:.2f}",
                     outcome.run_id[:8],
                 ]
             )
         else:
-            rows.append([name, "FAILED", *[""] * (len(RESULT_QUALITY) + 1), str(outcome)[:60]])
-    header = ["run", *RESULT_QUALITY, "train img/s", "infer img/s", "run id"]
-    print(_table(rows, header, right=set(range(1, len(RESULT_QUALITY) + 3))))
+            rows.append([name, "FAILED", *[""] * (len(quality) + 1), str(outcome)[:60]])
+    header = ["run", *quality, "train img/s", "infer img/s", "run id"]
+    print(_table(rows, header, right=set(range(1, len(quality) + 3))))
     print(
-        "Dice/IoU: foreground, per image then mean over validation images (best epoch's weights); "
-        "misclassified: 1 - accuracy of the argmax, the same way; pixel_error, rand_error, vrand: the ISBI "
-        "2012 challenge's, at the best threshold of the cell probability for all validation images."
+        "Dice/IoU: foreground, per image then mean over validation images (best epoch's weights; the mean "
+        "over foreground classes, dice_<class> each); misclassified: 1 - accuracy of the argmax, the same "
+        "way; pixel_error, rand_error, vrand: the ISBI 2012 challenge's, at the best threshold of the cell "
+        "probability for all validation images."
     )
 
 

@@ -4,6 +4,9 @@ Conventions (stated in every report):
 - Dice and IoU are computed **per image** over the foreground classes (class 1 for binary tasks; the
   macro mean over classes 1..K-1 otherwise) and then averaged over images. An image whose prediction
   and truth are both empty for a class scores 1 for that class.
+- Per class, when there are more than two classes: ``dice_<name>`` and ``iou_<name>`` for each
+  foreground class, computed per image and averaged over images the same way (both empty scores 1);
+  an image's macro figure is the mean of its per-class figures. :func:`class_metric_keys` names them.
 - ``misclassified`` is ``1 - pixel accuracy`` of the argmax per image, averaged over images.
 - ``rand_error_argmax`` is the adapted Rand error of the argmax's cells: ``1 - F-score`` of the Rand
   index over pixel pairs, restricted to pixels that the truth labels as a cell (the definition of
@@ -20,6 +23,7 @@ Conventions (stated in every report):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,22 +35,27 @@ from torch import Tensor
 __all__ = [
     "ISBI_THRESHOLDS",
     "PAPER_FIGURES",
+    "PER_CLASS_METRICS",
     "IsbiImageStats",
     "MetricAccumulator",
     "adapted_rand_error",
+    "class_key_names",
+    "class_metric_keys",
     "confusion_per_image",
+    "dice_iou_per_class",
     "dice_iou_per_image",
     "isbi_challenge_scores",
     "isbi_image_stats",
     "misclassified_per_image",
     "rand_error_cells",
+    "split_class_key",
     "thin_boundaries",
 ]
 
 REDUCTION = (
-    "per-image, then mean over images (foreground classes, macro); both-empty scores 1; the ISBI "
-    "challenge figures (pixel_error, rand_error, vrand, vinfo) as the challenge's script computes them: "
-    "one best threshold of the cell probability for all images"
+    "per-image, then mean over images (foreground classes, macro; per class the same way); both-empty "
+    "scores 1; the ISBI challenge figures (pixel_error, rand_error, vrand, vinfo) as the challenge's "
+    "script computes them: one best threshold of the cell probability for all images"
 )
 
 PAPER_FIGURES: dict[str, dict[str, float]] = {
@@ -93,10 +102,11 @@ def confusion_per_image(pred: Tensor, truth: Tensor, num_classes: int, ignore_in
     return counts.view(b, num_classes, num_classes)
 
 
-def dice_iou_per_image(
+def dice_iou_per_class(
     pred: Tensor, truth: Tensor, num_classes: int, ignore_index: int = -1
 ) -> tuple[Tensor, Tensor]:
-    """Dice and IoU per image ``(B,)``, macro over the foreground classes 1..K-1."""
+    """Dice and IoU ``(B, K)`` of every class (background included) in every image; a class absent from
+    both an image's prediction and its truth scores 1 there."""
     cm = confusion_per_image(pred, truth, num_classes, ignore_index).double()
     tp = torch.diagonal(cm, dim1=1, dim2=2)
     fp = cm.sum(1) - tp
@@ -105,7 +115,86 @@ def dice_iou_per_image(
     denom_iou = tp + fp + fn
     dice = torch.where(denom_dice > 0, 2 * tp / denom_dice.clamp(min=1e-12), torch.ones_like(tp))
     iou = torch.where(denom_iou > 0, tp / denom_iou.clamp(min=1e-12), torch.ones_like(tp))
-    return dice[:, 1:].mean(1), iou[:, 1:].mean(1)
+    return dice, iou
+
+
+def dice_iou_per_image(
+    pred: Tensor, truth: Tensor, num_classes: int, ignore_index: int = -1
+) -> tuple[Tensor, Tensor]:
+    """Dice and IoU per image ``(B,)``, macro over the foreground classes 1..K-1."""
+    dice, iou = dice_iou_per_class(pred, truth, num_classes, ignore_index)
+    return _macro(dice), _macro(iou)
+
+
+def _macro(per_class: Tensor) -> Tensor:
+    """The macro figure ``(B,)`` of per-class figures ``(B, K)``: the mean over the foreground classes."""
+    return per_class[:, 1:].mean(1)
+
+
+PER_CLASS_METRICS = ("dice", "iou")
+"""The figures reported per foreground class when a task has more than two classes."""
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+def class_key_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """The key suffix of each foreground class ``1 .. K-1`` of ``class_names`` (index = class): the name
+    lower-cased, each run of characters other than ``a-z``, ``0-9`` turned into one ``_``, ``_`` stripped
+    from both ends; ``class<k>`` when nothing is left (``"Disc"`` -> ``disc``, ``"left lung"`` ->
+    ``left_lung``, ``"?"`` at index 3 -> ``class3``).
+
+    Raises:
+        ValueError: a name that is not a string, or two classes whose suffixes are the same (their
+            figures would overwrite each other).
+    """
+    suffixes: dict[str, int] = {}
+    out = []
+    for k, name in enumerate(class_names):
+        if not isinstance(name, str):
+            raise ValueError(f"class name {name!r} (class {k}) is not a string; name each class with text")
+        if k == 0:  # the background has no per-class figures: its name names no key
+            continue
+        suffix = _UNSAFE.sub("_", name.lower()).strip("_") or f"class{k}"
+        if suffix in suffixes:
+            j = suffixes[suffix]
+            raise ValueError(
+                f"class names {class_names[j]!r} (class {j}) and {name!r} (class {k}) both give the metric "
+                f"key suffix {suffix!r}; rename one of them (keys keep a-z, 0-9 and '_' of the lower-cased "
+                "name, and 'class<k>' when nothing is left)"
+            )
+        suffixes[suffix] = k
+        out.append(suffix)
+    return tuple(out)
+
+
+def class_metric_keys(
+    class_names: Sequence[str], *, metrics: Sequence[str] = PER_CLASS_METRICS
+) -> tuple[str, ...]:
+    """The per-class metric keys of a task with these classes (index = class): ``<metric>_<suffix>`` for
+    each of ``metrics``, then each foreground class in class order (suffixes: :func:`class_key_names`),
+    e.g. ``dice_disc, dice_square, iou_disc, iou_square``. Binary tasks have none: their one foreground
+    class is the macro figure already.
+
+    Raises:
+        ValueError: a metric without per-class figures; class names as :func:`class_key_names` refuses.
+    """
+    unknown = [m for m in metrics if m not in PER_CLASS_METRICS]
+    if unknown:
+        raise ValueError(f"no per-class figures of {unknown}; choose among {list(PER_CLASS_METRICS)}")
+    suffixes = class_key_names(class_names)
+    if len(class_names) <= 2:
+        return ()
+    return tuple(f"{m}_{s}" for m in metrics for s in suffixes)
+
+
+_CLASS_KEY = re.compile(rf"({'|'.join(PER_CLASS_METRICS)})_([a-z0-9]+(?:_[a-z0-9]+)*)")
+
+
+def split_class_key(key: str) -> tuple[str, str] | None:
+    """``(metric, class suffix)`` of a key that :func:`class_metric_keys` can name (``"dice_disc"`` ->
+    ``("dice", "disc")``), else None: for reading records whose class names are not at hand."""
+    found = _CLASS_KEY.fullmatch(key)
+    return None if found is None else (found.group(1), found.group(2))
 
 
 def misclassified_per_image(pred: Tensor, truth: Tensor, ignore_index: int = -1) -> Tensor:
@@ -468,17 +557,27 @@ def isbi_challenge_scores(stats: Sequence[IsbiImageStats]) -> dict[str, float]:
 class MetricAccumulator:
     """Collects per-image scores batch by batch; the mean is over all images, none dropped.
 
+    With more than two classes it also reports each foreground class's Dice and IoU under the keys of
+    :func:`class_metric_keys` (``dice_<name>``, ``iou_<name>``), named after ``class_names`` (index =
+    class; ``class<k>`` without them).
+
     With ``isbi`` (two classes, 0 cell, 1 membrane) it also keeps each image's challenge counts and
     reports ``pixel_error``, ``rand_error``, ``vrand``, ``vinfo`` (:func:`isbi_challenge_scores`) and
     ``rand_error_argmax``; :meth:`update` then needs the softmax probabilities."""
 
     num_classes: int
     isbi: bool = False
+    class_names: Sequence[str] | None = field(default=None, kw_only=True)
     dice: list[float] = field(default_factory=list)
     iou: list[float] = field(default_factory=list)
+    # per image, the foreground classes' figures in class order (kept only with more than two classes)
+    class_dice: list[list[float]] = field(default_factory=list)
+    class_iou: list[list[float]] = field(default_factory=list)
     misclassified: list[float] = field(default_factory=list)
     rand_error_argmax: list[float] = field(default_factory=list)
     isbi_stats: list[IsbiImageStats] = field(default_factory=list)
+    _class_dice_keys: tuple[str, ...] = field(init=False, repr=False, default=())
+    _class_iou_keys: tuple[str, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         if self.isbi and self.num_classes != 2:
@@ -486,14 +585,29 @@ class MetricAccumulator:
                 "the ISBI figures need two classes (0 cell, 1 membrane), got "
                 f"num_classes={self.num_classes}; pass isbi=False for other datasets"
             )
+        if self.class_names is None:
+            self.class_names = tuple(f"class{k}" for k in range(self.num_classes))
+        elif len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names={tuple(self.class_names)} names {len(self.class_names)} classes, but "
+                f"num_classes={self.num_classes}; give one name per class, background (class 0) first"
+            )
+        self.class_names = tuple(self.class_names)
+        # checked now: a clash of names fails before any image is predicted, not at compute()
+        self._class_dice_keys = class_metric_keys(self.class_names, metrics=("dice",))
+        self._class_iou_keys = class_metric_keys(self.class_names, metrics=("iou",))
 
     def update(self, pred: Tensor, truth: Tensor, *, probs: Tensor | None = None) -> None:
         """Add a batch of class-index predictions and truths ``(B, H, W)``; with ``isbi``, also the
         class probabilities ``probs`` ``(B, K, H, W)`` (``logits.softmax(1)``) of the same images."""
         pred, truth = pred.detach().cpu(), truth.detach().cpu()
-        d, i = dice_iou_per_image(pred, truth, self.num_classes)
-        self.dice += d.tolist()
-        self.iou += i.tolist()
+        d, i = dice_iou_per_class(pred, truth, self.num_classes)
+        # the macro figure of each image from its per-class figures: one confusion matrix for both
+        self.dice += _macro(d).tolist()
+        self.iou += _macro(i).tolist()
+        if self._class_dice_keys:
+            self.class_dice += d[:, 1:].tolist()
+            self.class_iou += i[:, 1:].tolist()
         self.misclassified += misclassified_per_image(pred, truth).tolist()
         if not self.isbi:
             return
@@ -516,6 +630,12 @@ class MetricAccumulator:
             "iou": float(np.mean(self.iou)),
             "misclassified": float(np.mean(self.misclassified)),
         }
+        if self._class_dice_keys:
+            for keys, scores in (
+                (self._class_dice_keys, self.class_dice),
+                (self._class_iou_keys, self.class_iou),
+            ):
+                out.update(zip(keys, np.mean(scores, axis=0).tolist(), strict=True))
         if self.isbi:
             out.update(isbi_challenge_scores(self.isbi_stats))
             out["rand_error_argmax"] = float(np.mean(self.rand_error_argmax))

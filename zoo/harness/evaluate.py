@@ -31,9 +31,11 @@ def evaluate(
     """Quality on ``dataset[indices]`` (``zoo.metrics``): Dice, IoU and the misclassified fraction of the
     argmax, each per image then averaged; with ``isbi``, also the ISBI 2012 challenge's figures from the
     softmax probabilities (``pixel_error``, ``rand_error``, ``vrand``, ``vinfo``) and ``rand_error_argmax``.
+    With more than two classes, also each foreground class's Dice and IoU, keyed by the dataset's class
+    names (``dice_<class>``, ``iou_<class>``: :func:`zoo.metrics.class_metric_keys`).
     The model is left in the mode it was in."""
     chosen = list(indices)[: max_images if max_images is not None else None]
-    acc = MetricAccumulator(dataset.num_classes, isbi=isbi)
+    acc = MetricAccumulator(dataset.num_classes, isbi=isbi, class_names=dataset.class_names)
     for start in range(0, len(chosen), batch_size):
         samples = [dataset[i] for i in chosen[start : start + batch_size]]
         images = torch.stack([s[0] for s in samples])

@@ -95,7 +95,8 @@ def publish_run(
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     data = get_dataset(params["cfg.dataset"])
     dataset = data.name
-    quality = {k: metrics[k] for k in quality_keys(isbi=data.isbi) if k in metrics}
+    keys = quality_keys(isbi=data.isbi, class_names=data.class_names)
+    quality = {k: metrics[k] for k in keys if k in metrics}
     if "dice" not in quality:
         raise ValueError(f"run {name} has no final metrics (dice); it did not complete")
     suite = tags.get("suite", "")

@@ -12,7 +12,8 @@ creates its Tracker before starting workers.
 Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
   resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format,
-  ``world_size`` (processes under torchrun);
+  ``world_size`` (processes under torchrun), the dataset's ``class_names`` (:data:`CLASS_NAMES_PARAM`: a
+  JSON list, index = class; :func:`class_names_param` writes it);
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
   ``zoo.kind`` ("suite" or "run");
 - metrics per epoch (step = epoch): ``train_loss``, ``val_`` + each quality key below, ``lr``,
@@ -20,29 +21,39 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
   and checkpointing), ``grad_norm`` (mean global gradient norm per optimiser step, before clipping);
 - final metrics: the quality keys (``zoo.metrics``) ``dice``, ``iou``, ``misclassified`` and, on ISBI,
   the challenge's ``pixel_error``, ``rand_error``, ``vrand``, ``vinfo`` and ``rand_error_argmax``, of
-  the best epoch's weights on the validation split, ``best_epoch``; cost: ``params``, ``gflops``,
-  ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms``, ``peak_memory_mb``;
+  the best epoch's weights on the validation split, ``best_epoch``; on datasets of more than two
+  classes, also ``dice_<class>`` and ``iou_<class>`` for each foreground class (per epoch as
+  ``val_dice_<class>``, ``val_iou_<class>``), ``<class>`` the class name as
+  :func:`zoo.metrics.class_metric_keys` turns it into a key (lower case, ``[a-z0-9_]``; ``class<k>``
+  when nothing is left): :func:`quality_keys` with the dataset's ``class_names`` lists them; cost:
+  ``params``, ``gflops``, ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms``,
+  ``peak_memory_mb``;
 - artifacts: ``weights/best.safetensors``, ``config/config.json``, ``overlays/*.png``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from zoo.metrics import class_metric_keys
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __all__ = [
+    "CLASS_NAMES_PARAM",
     "METRIC_KEYS",
     "QUALITY_KEYS",
     "Tracker",
+    "class_names_param",
     "default_tracking_uri",
     "git_state",
     "is_database_locked",
@@ -55,10 +66,23 @@ ISBI_QUALITY_KEYS = ("pixel_error", "rand_error", "vrand", "vinfo", "rand_error_
 QUALITY_KEYS = ("dice", "iou", "misclassified", *ISBI_QUALITY_KEYS)
 
 
-def quality_keys(*, isbi: bool) -> tuple[str, ...]:
+def quality_keys(*, isbi: bool, class_names: Sequence[str] | None = None) -> tuple[str, ...]:
     """The quality figures an evaluation reports: the ISBI challenge's only where they were asked for (a
-    run recorded under older definitions may hold stale ones under those names)."""
-    return QUALITY_KEYS if isbi else tuple(k for k in QUALITY_KEYS if k not in ISBI_QUALITY_KEYS)
+    run recorded under older definitions may hold stale ones under those names); with the dataset's
+    ``class_names`` (index = class) and more than two classes, also the per-class ``dice_<class>``,
+    ``iou_<class>`` (:func:`zoo.metrics.class_metric_keys`). Without ``class_names``: the base keys only."""
+    base = QUALITY_KEYS if isbi else tuple(k for k in QUALITY_KEYS if k not in ISBI_QUALITY_KEYS)
+    return base if class_names is None else (*base, *class_metric_keys(class_names))
+
+
+CLASS_NAMES_PARAM = "class_names"
+"""The run parameter holding the dataset's class names (a JSON list, index = class): the report orders
+and labels the per-class columns by it."""
+
+
+def class_names_param(class_names: Sequence[str]) -> dict[str, str]:
+    """The params entry that records a dataset's class names (:data:`CLASS_NAMES_PARAM`)."""
+    return {CLASS_NAMES_PARAM: json.dumps(list(class_names))}
 
 
 COST_KEYS = ("params", "gflops", "train_images_per_s", "infer_images_per_s", "latency_ms", "peak_memory_mb")

@@ -41,7 +41,7 @@ from zoo.harness.data import build_data
 from zoo.harness.distributed import Distributed, all_reduce_sum
 from zoo.harness.evaluate import evaluate, save_overlay
 from zoo.harness.throughput import measure_cost
-from zoo.harness.tracking import Tracker, git_state
+from zoo.harness.tracking import Tracker, class_names_param, git_state
 from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
@@ -328,6 +328,7 @@ def _train(
                     "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
                     "data_source": data.source,
                     **data.entry.describe(ds),
+                    **class_names_param(ds.class_names),
                     "train_input_size": crop,
                     "train_image_size": json.dumps(scale.as_record()["image_size"]),
                     "train_output_size": out_size,

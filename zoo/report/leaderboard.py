@@ -2,19 +2,31 @@
 
 Only finished runs with every quality and cost figure count; every other run is left out with a line
 saying which and why. Quality metrics follow ``zoo.metrics`` (per image, then mean over images; the
-ISBI challenge figures as the challenge's script computes them).
+ISBI challenge figures as the challenge's script computes them). Runs of datasets with more than two
+classes also carry per-class figures (``dice_<class>``, ``iou_<class>``); they are aggregated over seeds
+as the others are, in class order where the run records its class names.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from zoo.harness.tracking import COST_KEYS, QUALITY_KEYS
+from zoo.harness.tracking import CLASS_NAMES_PARAM, COST_KEYS, QUALITY_KEYS
+from zoo.metrics import class_metric_keys, split_class_key
 
-__all__ = ["CONVERGED_WITHIN", "Leaderboard", "aggregate", "converged_epoch", "load_runs", "pareto_front"]
+__all__ = [
+    "CONVERGED_WITHIN",
+    "Leaderboard",
+    "aggregate",
+    "class_columns",
+    "converged_epoch",
+    "load_runs",
+    "pareto_front",
+]
 
 CONVERGED_WITHIN = 0.005
 """A run has converged at the first epoch whose validation Dice is within this of its best."""
@@ -52,6 +64,10 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
         names = ", ".join(e.name for e in client.search_experiments())
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
     rows, excluded = [], []
+    # the per-class columns in class order: that of runs recording their class names first, so that a
+    # run recorded without them (its keys sorted) does not decide it
+    named_order: list[str] = []
+    found_order: list[str] = []
     for run in client.search_runs([exp.experiment_id], "tags.`zoo.kind` = 'run'", max_results=50_000):
         name = run.info.run_name or run.info.run_id
         if run.info.status != "FINISHED":
@@ -62,11 +78,17 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
             excluded.append(f"{name} ({run.info.run_id[:8]}): incomplete, missing {', '.join(missing)}")
             continue
         p = run.data.params
+        try:
+            per_class, named = _class_keys(p, run.data.metrics)
+        except ValueError as err:
+            excluded.append(f"{name} ({run.info.run_id[:8]}): {err}")
+            continue
+        (named_order if named else found_order).extend(per_class)
         overrides = json.loads(p.get("cfg.overrides", "{}") or "{}")
         curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_dice")}
         rows.append(
             {
-                "dataset": p.get("cfg.dataset", "?"),
+                "dataset": p.get("dataset_name") or p.get("cfg.dataset", "?"),  # a file: its name
                 "model": p.get("cfg.model", "?"),
                 "overrides": ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "-",
                 "seed": int(p.get("cfg.seed", 0)),
@@ -76,17 +98,51 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
                 "cost_batch": p.get("cost_batch", "?"),
                 "run_id": run.info.run_id,
                 **{k: run.data.metrics.get(k) for k in (*QUALITY_KEYS, *COST_KEYS)},
+                **{k: run.data.metrics[k] for k in per_class},
                 "converged_epoch": converged_epoch(curve) if curve else None,
                 "epochs": len(curve),
             }
         )
-    return pd.DataFrame(rows), excluded
+    runs = pd.DataFrame(rows)
+    per_class_columns = list(dict.fromkeys([*named_order, *found_order]))
+    others = [c for c in runs.columns if c not in set(per_class_columns)]
+    return runs[[*others, *per_class_columns]], excluded
+
+
+def _class_keys(params: Mapping[str, str], metrics: Mapping[str, float]) -> tuple[list[str], bool]:
+    """The per-class metric keys a run holds and whether they are in class order: by its recorded class
+    names, else (runs recorded without them) every key of the per-class form, sorted."""
+    recorded = params.get(CLASS_NAMES_PARAM)
+    if recorded is None:
+        return sorted(k for k in metrics if split_class_key(k) is not None), False
+    try:
+        names = json.loads(recorded)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list):
+        raise ValueError(f"param {CLASS_NAMES_PARAM}={recorded!r} is not a JSON list of class names")
+    return [k for k in class_metric_keys(names) if k in metrics], True
+
+
+def class_columns(frame: pd.DataFrame, *, metric: str = "dice", suffix: str = "") -> list[str]:
+    """The per-class keys of ``metric`` whose columns ``<key><suffix>`` ``frame`` has, in column order
+    (class order where the runs recorded their class names): of the runs with ``suffix=""``
+    (``dice_disc``), of the aggregated table with ``suffix="_mean"`` (``dice_disc_mean``)."""
+    found = []
+    for column in map(str, frame.columns):
+        key = column.removesuffix(suffix) if suffix else column
+        split = split_class_key(key) if column.endswith(suffix) else None
+        if split is not None and split[0] == metric:
+            found.append(key)
+    return found
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation (ddof 1; 0 for a single seed) and n per (dataset, model, overrides),
-    ranked by mean Dice within each dataset (1 = best)."""
-    keys = (*QUALITY_KEYS, *COST_KEYS, "converged_epoch", "epochs")
+    ranked by mean Dice within each dataset (1 = best). Per-class figures (where runs have them) are
+    aggregated the same way; a group's mean and spread are over its runs that have them."""
+    per_class = [*class_columns(runs, metric="dice"), *class_columns(runs, metric="iou")]
+    keys = (*QUALITY_KEYS, *per_class, *COST_KEYS, "converged_epoch", "epochs")
     metrics = [k for k in keys if k in runs.columns and runs[k].notna().any()]
     grouped = runs.groupby(GROUP, sort=False)
     table = grouped.size().rename("n").to_frame()

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from PIL import Image
 
-from zoo.metrics import PAPER_FIGURES, REDUCTION
-from zoo.report.leaderboard import CONVERGED_WITHIN, Leaderboard
+from zoo.metrics import PAPER_FIGURES, REDUCTION, split_class_key
+from zoo.report.leaderboard import CONVERGED_WITHIN, Leaderboard, class_columns
 
 __all__ = ["write_report"]
 
@@ -59,11 +59,29 @@ def _cell(row: pd.Series, key: str, fmt: str) -> str:
     return f"{mean:.{digits}f}"
 
 
+def _columns(part: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """:data:`COLUMNS` with a Dice column per class after the mean Dice, for the classes the table has."""
+    per_class = [
+        (k, f"Dice {split[1]}", "q")
+        for k in class_columns(part, metric="dice", suffix="_mean")
+        if (split := split_class_key(k)) is not None
+    ]
+    out = []
+    for column in COLUMNS:
+        out.append(column)
+        if column[0] == "dice":
+            out += per_class
+    return out
+
+
 def _rows(part: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     cols = [
-        (k, label, fmt) for k, label, fmt in COLUMNS if fmt in ("{}", "ids") or f"{k}_mean" in part.columns
+        (k, label, fmt)
+        for k, label, fmt in _columns(part)
+        if fmt in ("{}", "ids") or f"{k}_mean" in part.columns
     ]
-    # the ISBI figures are absent on other datasets: no column of dashes for them
+    # the ISBI figures are absent on other datasets, and the per-class figures on binary ones: no column
+    # of dashes for them
     cols = [c for c in cols if c[2] != "q" or not part[f"{c[0]}_mean"].isna().all()]
     header = [label for _, label, _ in cols]
     rows = [
