@@ -7,6 +7,7 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,10 +180,70 @@ def test_three_commands_from_folders_to_predicted_masks(
     )
     recorded = Path(client.download_artifacts(run.info.run_id, f"dataset/{toml.name}", str(tmp_path / "a")))
     assert recorded.read_text() == toml.read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--workdir", str(workdir)]) == 0  # the run's dataset file again
+    assert f"dice         {run.data.metrics['dice']:.4f}" in capsys.readouterr().out
     pred = tmp_path / "pred"
     weights = str(run_dir / "best.safetensors")
-    assert main(["predict", "--model", "unet_bn", "--weights", weights, "--out", str(pred), str(images)]) == 0
+    assert main(["predict", "--weights", weights, "--out", str(pred), str(images)]) == 0  # model: the file's
     from zoo.data.io import read_image
 
     mask = read_image(pred / "shape_000_mask.png")
     assert mask.shape == (64, 64) and int(mask.max()) <= 3
+
+
+def test_predict_without_a_model_needs_a_file_that_names_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", "--weights", "isbi2012-w16-s0", "--out", str(tmp_path), str(tmp_path)]) == 2
+    assert "a tag needs --model" in capsys.readouterr().err
+
+
+def test_only_the_region_of_interest_is_scored(tmp_path: Path) -> None:
+    """Outside the field of view the mask is unknown: a prediction there must not count."""
+    from zoo.data import FolderDataset
+    from zoo.data.io import write_image
+    from zoo.harness.evaluate import evaluate
+
+    from .helpers import AnySizeModel
+
+    class AllForeground(AnySizeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_channels, self.num_classes, self.model_name = 1, 2, "all_foreground"
+            self.margin = torch.nn.Parameter(torch.ones(()), requires_grad=False)  # tiling reads its dtype
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            zero = torch.zeros_like(x[:, :1])
+            return torch.cat([zero, zero + self.margin], 1)
+
+    truth = np.zeros((32, 32), np.uint8)
+    truth[:, :16] = 255  # foreground on the left
+    fov = np.zeros((32, 32), np.uint8)
+    fov[:, :16] = 255  # only the left half was annotated
+    for stem in ("a", "b"):
+        write_image(tmp_path / "images" / f"{stem}.png", np.full((32, 32), 128, np.uint8))
+        write_image(tmp_path / "masks" / f"{stem}.png", truth)
+        write_image(tmp_path / "fov" / f"{stem}.png", fov)
+    spec = tmp_path / "fov.toml"
+    spec.write_text(
+        'name = "fov"\nimages = "images"\nmasks = "masks"\nroi = "fov"\nchannels = 1\n'
+        "[classes]\nbackground = 0\nforeground = 255\n"
+    )
+    ds = FolderDataset(spec)
+    assert int((ds[0][1] == -1).sum()) == 32 * 16
+    scored = evaluate(AllForeground().eval(), ds, [0, 1], batch_size=2)  # type: ignore[arg-type]
+    assert scored["dice"] == pytest.approx(1.0) and scored["misclassified"] == pytest.approx(0.0)
+    spec.write_text(spec.read_text().replace('roi = "fov"\n', ""))
+    unmasked = evaluate(AllForeground().eval(), FolderDataset(spec), [0, 1], batch_size=2)  # type: ignore[arg-type]
+    assert unmasked["dice"] == pytest.approx(2 * 512 / (1024 + 512))  # the right half counted
+
+
+def test_a_suite_runs_on_a_dataset_file(shapes: Path) -> None:
+    from zoo.harness import load_suite
+
+    suite = load_suite("smoke", models="unet_bn", datasets=[str(shapes)], seeds=2)
+    assert [(r.dataset, r.run_name) for r in suite.runs] == [
+        (str(shapes), "unet_bn-shapes-s0"),
+        (str(shapes), "unet_bn-shapes-s1"),
+    ]

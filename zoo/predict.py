@@ -542,7 +542,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="INPUT",
         help="image files (PNG, JPEG, GIF, BMP), multi-page TIFF stacks, or folders of them",
     )
-    p.add_argument("--model", required=True, help="registered model name, e.g. unet (see `unet-zoo models`)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="registered model name, e.g. unet (see `unet-zoo models`); default: the one a .safetensors "
+        "file written by unet-zoo names",
+    )
     p.add_argument(
         "--weights",
         required=True,
@@ -614,15 +619,22 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from zoo.registry import UnknownModelError, create_model
-    from zoo.weights import WeightsError
+    from zoo.weights import WeightsError, read_metadata
 
     try:
-        model = create_model(args.model, weights=args.weights)
+        name = args.model
+        if name is None:
+            if not str(args.weights).endswith(".safetensors"):
+                raise ValueError(f"--weights {args.weights}: a tag needs --model (the model it is a tag of)")
+            name = read_metadata(args.weights).get("model_name")
+            if not name:
+                raise ValueError(f"{args.weights} names no model in its metadata: give --model")
+        model = create_model(name, weights=args.weights)
     except (UnknownModelError, WeightsError, ValueError, TypeError) as err:
         print(f"unet-zoo predict: error: {err}", file=sys.stderr)
         return 2
     if not isinstance(model, SegmentationModel):
-        print(f"unet-zoo predict: error: {args.model} is not a zoo SegmentationModel", file=sys.stderr)
+        print(f"unet-zoo predict: error: {name} is not a zoo SegmentationModel", file=sys.stderr)
         return 2
     start = time.perf_counter()
     with logging_redirect_tqdm():

@@ -614,13 +614,26 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     Raises:
         WeightsError: a missing, truncated or non-safetensors file, naming it.
     """
-    path = Path(path)
+    return _read(Path(path), tensors=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (model name and arguments, training scale ...), from its
+    header alone.
+
+    Raises:
+        WeightsError: a missing or non-safetensors file, naming it.
+    """
+    return _read(Path(path), tensors=False)[1]
+
+
+def _read(path: Path, *, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
+        return (load_file(str(path)) if tensors else {}), metadata
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated — download it again "
