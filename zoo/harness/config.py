@@ -27,6 +27,11 @@ class TrainConfig:
             synthetic twin. A dataset file names its own folders.
         seed: drives initialisation, crops, augmentation and dropout (splits use ``split_seed``).
         epochs: maximum epochs; ``steps_per_epoch`` optimiser steps each (None: one pass over the crops).
+        budget_images, budget_seconds: a budget instead of epochs (at most one of them; ``epochs`` stays the
+            maximum), so that a suite fits a fixed slot on any device: train on at most this many training
+            crops (global batches, summed over micro-batches), or stop once another epoch would not fit in
+            this many seconds; the schedule is planned for the epochs the budget allows. The rules are
+            :mod:`zoo.harness.budget`'s. From the command line: ``unet-zoo train --set budget_seconds=120``.
         batch_size: the global batch: under ``torchrun`` each of the N processes trains on
             ``batch_size // N`` of its samples (it must divide evenly), so a run draws the same samples
             and takes the same steps whatever N is.
@@ -65,6 +70,8 @@ class TrainConfig:
     split_seed: int = 0
     epochs: int = 10
     steps_per_epoch: int | None = None
+    budget_images: int | None = None
+    budget_seconds: float | None = None
     batch_size: int = 4
     crop: int = 256
     resize: list[int] | None = None
@@ -111,6 +118,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        self._check_budget()
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
         entry = get_dataset(self.dataset)  # an unknown name fails here, with the close ones
@@ -120,6 +128,26 @@ class TrainConfig:
                 f"{entry.name!r} names no object class for it (ISBI does; a dataset file can, with "
                 "weight_map_class)"
             )
+
+    def _check_budget(self) -> None:
+        images, seconds = self.budget_images, self.budget_seconds
+        if images is not None and seconds is not None:
+            raise ValueError(
+                f"budget_images={images!r} and budget_seconds={seconds!r} are both set; a run has one "
+                "budget: keep one of them (epochs stays the maximum either way)"
+            )
+        if images is not None:
+            step_images = self.batch_size * self.accumulate
+            if isinstance(images, bool) or not isinstance(images, int) or images < step_images:
+                raise ValueError(
+                    f"budget_images={images!r} must be a whole number of training crops, at least one "
+                    f"optimiser step's {step_images} (batch_size={self.batch_size} x "
+                    f"accumulate={self.accumulate}); raise it, or use None for no budget"
+                )
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+        ):
+            raise ValueError(f"budget_seconds={seconds!r} must be > 0 (or None: no time budget)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

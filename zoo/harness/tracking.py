@@ -13,12 +13,17 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
   resolved arguments (``model_args``), crop and output sizes, device, dtype, memory format,
   ``world_size`` (processes under torchrun), the dataset's ``class_names`` (:data:`CLASS_NAMES_PARAM`: a
-  JSON list, index = class; :func:`class_names_param` writes it);
+  JSON list, index = class; :func:`class_names_param` writes it); at the end of the run, ``cost_size``,
+  ``cost_batch``, ``planned_epochs`` (the epochs the learning-rate schedule was planned for: ``epochs``,
+  or fewer under a budget), ``stop_reason`` (why the run stopped: "epochs", "patience",
+  "budget_seconds" or "budget_images"; :mod:`zoo.harness.budget` gives the rules) and
+  ``stopped_early`` (True when ``stop_reason`` is "patience": early stopping);
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
   ``zoo.kind`` ("suite" or "run");
 - metrics per epoch (step = epoch): ``train_loss``, ``val_`` + each quality key below, ``lr``,
-  ``train_seconds`` and ``train_steps`` (the training loop alone), ``epoch_seconds`` (with validation
-  and checkpointing), ``grad_norm`` (mean global gradient norm per optimiser step, before clipping);
+  ``train_seconds`` and ``train_steps`` (the training loop alone: micro-batches), ``epoch_seconds``
+  (with validation; the checkpoint, which holds these metrics, is written after it; a time budget
+  counts this figure), ``grad_norm`` (mean global gradient norm per optimiser step, before clipping);
 - final metrics: the quality keys (``zoo.metrics``) ``dice``, ``iou``, ``misclassified`` and, on ISBI,
   the challenge's ``pixel_error``, ``rand_error``, ``vrand``, ``vinfo`` and ``rand_error_argmax``, of
   the best epoch's weights on the validation split, ``best_epoch``; on datasets of more than two

@@ -21,7 +21,6 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from zoo import create_model
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, ShardedBatchSampler, make_loader
 from zoo.harness import distributed
+from zoo.harness.budget import Plan
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
 from zoo.harness.distributed import Distributed, all_reduce_sum
@@ -168,18 +168,20 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimize
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    def factor(epoch: int) -> float:  # stepped once per epoch
-        if epoch < cfg.warmup_epochs:
-            return (epoch + 1) / (cfg.warmup_epochs + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "step":
-            return 0.1 if epoch >= math.ceil(cfg.epochs * 2 / 3) else 1.0
-        span = max(cfg.epochs - cfg.warmup_epochs, 1)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+def _lr(cfg: TrainConfig, epoch: int, planned_epochs: int) -> float:
+    """The learning rate of epoch ``epoch`` for a schedule planned over ``planned_epochs`` epochs.
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    A function of the epoch and the plan alone, set at the start of each epoch: a resumed run needs no
+    scheduler state, and a plan changed by a time budget (``zoo.harness.budget``) applies from the next
+    epoch on."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * ((epoch + 1) / (cfg.warmup_epochs + 1))
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 if epoch >= math.ceil(planned_epochs * 2 / 3) else 1.0)
+    span = max(planned_epochs - cfg.warmup_epochs, 1)
+    return cfg.lr * (0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span)))
 
 
 def _unscale_and_clip(
@@ -293,7 +295,6 @@ def _train(
     resize = (cfg.resize[0], cfg.resize[1]) if cfg.resize else None
     scale = TrainingScale(resize=resize, image_size=(height, width))
     opt = _optimizer(cfg, model)
-    sched = _schedule(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     step_model: torch.nn.Module = model
     if ctx.enabled:
@@ -306,6 +307,7 @@ def _train(
 
     start_epoch, best, best_epoch, bad_epochs, best_metrics = 0, -1.0, -1, 0, {}
     best_state: dict[str, Tensor] = {}
+    saved_plan: Plan | None = None
     if resume is None:
         run_id, run_dir = "", workdir
         if rec is not None:
@@ -361,7 +363,6 @@ def _train(
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # never executes code
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
             bad_epochs, best_metrics, best_state = (
@@ -369,6 +370,8 @@ def _train(
                 ckpt["best_metrics"],
                 ckpt["best_model"],
             )
+            if "plan" in ckpt:  # checkpoints written before budgets have none: epochs was the plan
+                saved_plan = Plan.from_state_dict(ckpt["plan"])
             # killed between the checkpoint and the metrics upload: record that epoch now, exactly once
             if rec is not None and ckpt["epoch"] not in rec.logged_steps(run_id, "val_dice"):
                 rec.log_metrics(run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
@@ -380,11 +383,13 @@ def _train(
         crops = RandomCrops(
             ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed, context=(crop - out_size) // 2
         )
+        plan = saved_plan or Plan.start(cfg, crops=len(crops))
         aug = AugmentConfig(**cfg.augment)
         gen = torch.Generator()
-        stopped_early = False
+        # a run killed after its last epoch's checkpoint has nothing left to train
+        remaining = range(start_epoch, cfg.epochs) if plan.stop_reason is None else range(0)
         for epoch in tqdm(
-            range(start_epoch, cfg.epochs),
+            remaining,
             desc=cfg.run_name,
             disable=not progress or None,
             initial=start_epoch,
@@ -392,6 +397,10 @@ def _train(
             leave=False,
         ):
             t0 = time.perf_counter()
+            lr = _lr(cfg, epoch, plan.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            limit = plan.micro_batches(epoch, micro_batches)  # 0: one pass over the crops
             crops.set_epoch(epoch)
             gen.manual_seed(_seed(cfg.seed, epoch))
             # dropout; each rank its own masks, or all ranks would drop the same units of different samples
@@ -411,7 +420,7 @@ def _train(
             sharded = loader.batch_sampler
             assert isinstance(sharded, ShardedBatchSampler)
             short = sharded.first_short_batch()
-            if short is not None and (not micro_batches or short < micro_batches):
+            if short is not None and (not limit or short < limit):
                 # a rank with no sample would feed BatchNorm an empty batch (NaN statistics)
                 raise ValueError(
                     f"{cfg.run_name}: an epoch of {len(crops)} crops ends with a global batch of "
@@ -424,12 +433,12 @@ def _train(
             grad_norm_sum = torch.zeros((), device=device)
             steps = 0
             opt.zero_grad(set_to_none=True)
-            total_steps = micro_batches or len(loader)
+            total_steps = limit or len(loader)
             bar = tqdm(
                 loader, total=total_steps, desc=f"epoch {epoch}", leave=False, disable=not progress or None
             )
             for i, batch in enumerate(bar):
-                if micro_batches and i >= micro_batches:
+                if limit and i >= limit:
                     break
                 image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
                 weight = batch[2].to(device) if len(batch) > 2 else None
@@ -440,10 +449,7 @@ def _train(
                 )
                 if channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
-                autocast: AbstractContextManager[object] = (
-                    torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-                )
-                with autocast:
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = step_model(image)
                 target = _center(mask, out_size)
                 loss = _loss(
@@ -454,9 +460,9 @@ def _train(
                 if (device.type == "cpu" or i % 8 == 0) and not torch.isfinite(loss_sum + loss):
                     raise NonFiniteLossError(
                         f"{cfg.run_name}: non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} (lr "
-                        f"{sched.get_last_lr()[0]:.3g}); the run is marked FAILED and the checkpoint of the "
-                        "last good epoch kept. Lower the learning rate, use amp='bf16' or 'none' instead of "
-                        "fp16, or check the data for NaN."
+                        f"{lr:.3g}); the run is marked FAILED and the checkpoint of the last good epoch "
+                        "kept. Lower the learning rate, use amp='bf16' or 'none' instead of fp16, or check "
+                        "the data for NaN."
                     )
                 scaler.scale(loss / cfg.accumulate).backward()
                 if (i + 1) % cfg.accumulate == 0:
@@ -472,9 +478,6 @@ def _train(
                     f"{cfg.run_name}: non-finite mean loss in epoch {epoch}; run marked FAILED"
                 )
             train_seconds = time.perf_counter() - t0
-            lr = float(sched.get_last_lr()[0])
-            sched.step()
-            stop = False
             if rec is not None:  # rank 0 validates and records; the others wait for its verdict below
                 val = evaluate(
                     model,
@@ -500,13 +503,18 @@ def _train(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     bad_epochs += 1
+                plan = plan.after_epoch(
+                    cfg,
+                    epoch=epoch,
+                    seconds=metrics["epoch_seconds"],
+                    patience_spent=cfg.patience is not None and bad_epochs >= cfg.patience,
+                )
                 # The checkpoint is the single record of progress (best weights included): written first
                 # and atomically, so a kill at any point leaves a consistent state to resume from.
                 _atomic_save(
                     {
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
                         "scaler": scaler.state_dict(),
                         "epoch": epoch,
                         "best": best,
@@ -515,15 +523,16 @@ def _train(
                         "best_metrics": best_metrics,
                         "best_model": best_state,
                         "epoch_metrics": metrics,
+                        "plan": plan.state_dict(),
                     },
                     run_dir / "checkpoint.pt",
                 )
                 rec.log_metrics(run_id, metrics, step=epoch)
-                stop = cfg.patience is not None and bad_epochs >= cfg.patience
-                if stop:
-                    log.info("%s: early stop at epoch %d (best %d)", cfg.run_name, epoch, best_epoch)
-            if distributed.broadcast(stop, ctx):
-                stopped_early = True
+                if plan.stop_reason is not None:
+                    log.info("%s: stops after epoch %d (%s)", cfg.run_name, epoch, plan.stop_reason)
+            # rank 0's plan (a time budget's, its stop) for every rank: all train the same epochs
+            plan = distributed.broadcast(plan, ctx)
+            if plan.stop_reason is not None:
                 break
 
         result: RunResult | None = None
@@ -559,7 +568,9 @@ def _train(
                 {
                     "cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
                     "cost_batch": cfg.cost_batch,
-                    "stopped_early": stopped_early,
+                    "planned_epochs": plan.epochs,
+                    "stop_reason": plan.stop_reason or "epochs",
+                    "stopped_early": plan.stop_reason == "patience",
                 },
             )
             _log_artifacts(rec, run_id, run_dir, model, ds, split.val, amp, channels_last)
