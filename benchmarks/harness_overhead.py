@@ -5,6 +5,8 @@ Runs, in one process on one machine, for the same model, batch, crop and dtype:
 - harness: ``zoo.harness.train`` epochs (random crops from the dataset, batched augmentation on the
   device, the loss with its checks, per-epoch metrics to MLflow, checkpoint), timed by its own
   ``train_seconds`` per epoch; validation is timed apart (``epoch_seconds - train_seconds``).
+Both run on ``--device`` (default: CUDA when there is one); valid-convolution models (the paper's
+``unet``) take the nearest accepted crop and their loss on the output window, as the harness does.
 Writes ``benchmarks/results/harness_overhead-<machine>.json``.
 
     python benchmarks/harness_overhead.py [--model unet_bn] [--width 32] [--crop 192] [--batch 4]
@@ -25,22 +27,37 @@ import torch.nn.functional as F
 
 from zoo import create_model
 from zoo.harness import Tracker, TrainConfig, train
-from zoo.harness.training import resolve_amp
+from zoo.harness.training import resolve_amp, resolve_device
 from zoo.machine import describe_machine, write_results
 
 
-def bare_seconds_per_step(model_name: str, width: int, crop: int, batch: int, steps: int, amp: str) -> float:
+def bare_seconds_per_step(
+    model_name: str,
+    width: int,
+    crop: int,
+    batch: int,
+    steps: int,
+    amp: str,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Seconds per optimiser step of a plain loop on tensors already on ``device``: the floor the
+    harness's own step is compared with."""
+    device = torch.device(device)
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=1, num_classes=2, base_channels=width).train()
-    dtype = resolve_amp(amp, torch.device("cpu"))
+    # the harness trains valid-convolution models at the nearest accepted crop, on the output window
+    crop = model.nearest_valid_input_size(crop)  # type: ignore[operator]
+    out_side = model.output_size(crop)  # type: ignore[operator]
+    dtype = resolve_amp(amp, device)
+    model = model.to(device)
     if dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.rand(batch, 1, crop, crop)
+    x = torch.rand(batch, 1, crop, crop).to(device)
     if dtype is not None:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (batch, crop, crop))
-    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
+    y = torch.randint(0, 2, (batch, out_side, out_side)).to(device)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -49,11 +66,17 @@ def bare_seconds_per_step(model_name: str, width: int, crop: int, batch: int, st
         F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
+    def sync() -> None:  # a GPU runs ahead of the clock: wait for its queue before reading it
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(3):
         step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
@@ -68,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--amp", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
@@ -81,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch,
             crop=args.crop,
             amp=args.amp,
+            device=str(device),
             loss="ce",
             synthetic={"count": 12, "size": 256},
             max_val_images=2,
@@ -100,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         for e, t in zip(history["epoch_seconds"][later], history["train_seconds"][later], strict=True)
     )
     harness_step = train_s / steps
-    bare_step = bare_seconds_per_step(args.model, args.width, args.crop, args.batch, args.steps, args.amp)
+    bare_step = bare_seconds_per_step(
+        args.model, args.width, args.crop, args.batch, args.steps, args.amp, device
+    )
     overhead = harness_step / bare_step - 1
     results = {
         "benchmark": "harness_overhead",
@@ -109,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "crop": args.crop,
         "batch": args.batch,
         "amp": args.amp,
+        "device": str(device),
         "steps_compared": steps,
         "bare_seconds_per_step": round(bare_step, 4),
         "harness_seconds_per_step": round(harness_step, 4),
@@ -117,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         "validation_and_checkpoint_seconds_per_epoch": round(
             val_s / max(len(history["train_seconds"]) - 1, 1), 3
         ),
-        "machine": describe_machine(),
+        "machine": describe_machine(device),
     }
-    out = write_results("harness_overhead", results, args.out)
+    out = write_results("harness_overhead", results, args.out, device=device)
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
     print(f"written {out}")
     return 0 if overhead <= 0.10 else 1
