@@ -131,6 +131,18 @@ def test_quick_throughput_stage_reports_the_a100_comparison(gpu_check: ModuleTyp
     assert "| training_bf16 |" in summary
 
 
+def test_quick_training_stage_trains_within_its_budget(gpu_check: ModuleType, tmp_path: Path) -> None:
+    """The default test run's share of the quick mode: one training stage end to end (the whole quick
+    mode is the slow test below)."""
+    code = gpu_check.main(["--quick", "--stages", "train-isbi2012", "--out", str(tmp_path)])
+    results, summary = written(tmp_path, "gpu_check-quick")
+    (stage,) = results["stages"]
+    assert code == 0 and stage["status"] == "ok", stage["output_tail"]
+    figures = stage["figures"]
+    assert figures["status"] == "FINISHED" and 0.0 <= figures["dice"] <= 1.0 and figures["epochs"] >= 1
+    assert "pixel_error" in figures and "## train-isbi2012: ok" in summary
+
+
 @pytest.mark.slow
 def test_quick_check_runs_every_stage_on_cpu(gpu_check: ModuleType, tmp_path: Path) -> None:
     # several minutes on a busy 2-core CPU: every stage starts its own Python and the harness
