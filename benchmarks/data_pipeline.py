@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from zoo import create_model
 from zoo.data import ISBI2012Dataset
 from zoo.data.augment import AugmentConfig, augment_batch
-from zoo.data.loader import RandomCrops, make_loader
+from zoo.data.loader import RandomCrops, make_loader, unit_float
 from zoo.data.synthetic import write_em_twin
 from zoo.machine import describe_machine, write_results
 
@@ -54,7 +54,7 @@ def pipeline_step_fn(ds: ISBI2012Dataset, size: int, batch: int) -> Callable[[],
 
     def step() -> int:
         image, mask, weight = next(batches)
-        image, mask, weight = augment_batch(image, mask, weight, config=cfg, generator=gen)
+        image, mask, weight = augment_batch(unit_float(image), mask, weight, config=cfg, generator=gen)
         return image.shape[0]
 
     return step

@@ -28,7 +28,7 @@ from torch import nn
 
 from zoo import create_model
 from zoo.data import ISBI2012Dataset, block_kfold
-from zoo.data.loader import RandomCrops
+from zoo.data.loader import RandomCrops, unit_float
 from zoo.harness.config import TrainConfig
 from zoo.harness.training import _center, _loss
 from zoo.machine import write_results
@@ -65,6 +65,7 @@ def _grad_norm_at_init(
     out = model.output_size(crop)
     crops = RandomCrops(ds, train_idx, (crop, crop), seed=cfg.seed, context=(crop - out) // 2)
     image, mask, weight = (torch.stack(t) for t in zip(*(crops[i] for i in range(4)), strict=True))
+    image = unit_float(image)
     model.train()
     step_cfg = TrainConfig.from_dict({**cfg.to_dict(), "loss": loss})
     value = _loss(

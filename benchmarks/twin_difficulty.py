@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from zoo import create_model
 from zoo.data import CarvanaDataset, ISBI2012Dataset, SegmentationDataset, block_kfold, group_split
 from zoo.data.augment import AugmentConfig, augment_batch
-from zoo.data.loader import RandomCrops, make_loader
+from zoo.data.loader import RandomCrops, make_loader, unit_float
 from zoo.data.synthetic import write_car_twin, write_em_twin
 from zoo.machine import describe_machine, write_results
 
@@ -46,7 +46,7 @@ def train_and_score(
     cfg = AugmentConfig(rotation=15, elastic_sigma=5)
     steps, start = 0, time.perf_counter()
     for image, mask in loader:
-        image, mask, _ = augment_batch(image, mask, config=cfg, generator=gen)
+        image, mask, _ = augment_batch(unit_float(image), mask, config=cfg, generator=gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = F.cross_entropy(model(image.contiguous(memory_format=torch.channels_last)), mask)
         opt.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ import torch
 
 from zoo.cli import main
 from zoo.data import CarvanaDataset, ISBI2012Dataset
-from zoo.data.loader import RandomCrops, make_loader
+from zoo.data.loader import RandomCrops, make_loader, unit_float
 from zoo.data.synthetic import em_volume, write_car_twin, write_em_twin
 from zoo.data.verify import verify_dataset
 
@@ -129,6 +129,7 @@ def test_random_crops_are_reproducible_and_cover_small_images(em_twin: Path) -> 
         and first[1].shape == (4, 160, 100)
         and first[2].shape == (4, 160, 100)
     )
+    assert (first[0].dtype, first[1].dtype, first[2].dtype) == (torch.uint8, torch.int64, torch.float32)
     assert sum(len(b[0]) for b in loader) == 6  # the last partial batch is kept
     crops.set_epoch(1)
     assert not next(iter(make_loader(crops, batch_size=4, shuffle=True, in_memory=True, seed=0)))[0].equal(
@@ -144,9 +145,35 @@ def test_crops_for_valid_models_put_the_output_window_anywhere_in_the_image(em_t
     image = ds[0][0]
     tops = []
     for position in range(300):
-        window = crops[position][0][:, context : context + out, context : context + out]
+        window = unit_float(crops[position][0][:, context : context + out, context : context + out])
         top, left = crops.origin(position, 128 + 2 * context, 128 + 2 * context)
         assert 0 <= top <= 128 - out and 0 <= left <= 128 - out  # the window lies on real pixels
         assert torch.equal(window, image[:, top : top + out, left : left + out])  # and is aligned with them
         tops.append(top)
     assert min(tops) < 10 and max(tops) > 128 - out - 10  # borders are reached, not only the centre
+
+
+@pytest.mark.parametrize(
+    ("size", "context"), [((64, 48), 0), ((160, 100), 0), ((188, 188), 92), ((400, 90), 30)]
+)
+def test_a_crop_is_the_window_of_the_mirror_padded_sample(
+    em_twin: Path, size: tuple[int, int], context: int
+) -> None:
+    """Oracle: numpy's reflect padding (by the context, then evenly up to the crop) and a slice at the
+    crop's origin; the crops only index the stored pixels, and must give the same ones."""
+    ds = ISBI2012Dataset(em_twin, weight_map=True)  # 128 px slices
+    crops = RandomCrops(ds, [1, 2], size, repeats=3, seed=5, context=context)
+    crops.set_epoch(2)
+    for position in range(len(crops)):
+        index = crops.indices[position % 2]
+        image, mask = ds.arrays(index)
+        planes = [image, mask, ds.weights[index]]  # type: ignore[index]
+        padded = [np.pad(p, context, mode="reflect") for p in planes]
+        short = [max(want - got, 0) for want, got in zip(size, padded[0].shape, strict=True)]
+        pads = [(s // 2, s - s // 2) for s in short]
+        padded = [np.pad(p, pads, mode="reflect") for p in padded]
+        top, left = crops.origin(position, *padded[0].shape)
+        expected = [p[top : top + size[0], left : left + size[1]] for p in padded]
+        got = crops[position]
+        assert got[0].dtype == torch.uint8 and np.array_equal(got[0][0].numpy(), expected[0])
+        assert np.array_equal(got[1].numpy(), expected[1]) and np.array_equal(got[2].numpy(), expected[2])

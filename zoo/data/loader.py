@@ -12,9 +12,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.data.datasets import SegmentationDataset
-from zoo.tiling import mirror_pad
+from zoo.tiling import mirror_index
 
-__all__ = ["RandomCrops", "ShardedBatchSampler", "make_loader", "shard_bounds"]
+__all__ = ["RandomCrops", "ShardedBatchSampler", "make_loader", "shard_bounds", "unit_float"]
+
+
+def unit_float(image: torch.Tensor) -> torch.Tensor:
+    """Images as models take them: uint8 crops (:class:`RandomCrops`) become float32 in [0, 1] (the
+    dataset's own scaling, ``/ 255``); float images pass unchanged. Called on the training device, so the
+    host copies and the transfer move a quarter of the bytes."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
 
 
 class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
@@ -27,6 +34,10 @@ class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
 
     Crop positions depend only on ``(seed, epoch, position)``: :meth:`set_epoch` changes them, a seed
     reproduces them, whatever the worker layout.
+
+    A crop is ``(image uint8 (C, h, w), mask int64 (h, w)[, weight float32 (h, w)])``, cut from the
+    dataset's decoded arrays by index (padding included: only the crop's pixels are copied); convert the
+    images with :func:`unit_float` where they are used, on the device.
     """
 
     def __init__(
@@ -54,24 +65,31 @@ class RandomCrops(Dataset[tuple[torch.Tensor, ...]]):
         return int(rng.integers(0, height - self.size[0] + 1)), int(rng.integers(0, width - self.size[1] + 1))
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
-        sample: tuple[torch.Tensor, ...] = self.dataset[self.indices[position % len(self.indices)]]
-        c = self.context
-        if c:
-            sample = tuple(_mirror(t, c, c, c, c) for t in sample)
-        h, w = sample[0].shape[-2:]
-        ch, cw = self.size
-        if h < ch or w < cw:
-            dh, dw = max(ch - h, 0), max(cw - w, 0)
-            sample = tuple(_mirror(t, dh // 2, dh - dh // 2, dw // 2, dw - dw // 2) for t in sample)
-            h, w = sample[0].shape[-2:]
-        top, left = self.origin(position, h, w)
-        return tuple(t[..., top : top + ch, left : left + cw].contiguous() for t in sample)
+        index = self.indices[position % len(self.indices)]
+        image, mask = self.dataset.arrays(index)
+        pixels = torch.from_numpy(image)
+        planes = [
+            pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1),
+            torch.from_numpy(mask),
+        ]
+        if self.dataset.weights is not None:
+            planes.append(torch.from_numpy(self.dataset.weights[index]))
+        rows, cols = self.window(position, mask.shape[0], mask.shape[1])
+        return tuple(t.index_select(-2, rows).index_select(-1, cols) for t in planes)
 
-
-def _mirror(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    x = t if t.dim() == 3 else t.unsqueeze(0)
-    out = mirror_pad(x.float(), top, bottom, left, right).to(t.dtype)
-    return out if t.dim() == 3 else out.squeeze(0)
+    def window(self, position: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows and columns of a ``height x width`` sample that crop ``position`` reads: the sample
+        mirrored by ``context`` on every side, then (if still smaller than the crop) mirrored again,
+        evenly, up to the crop's size, and the crop placed at :meth:`origin` in that."""
+        axes = []
+        for length, size in ((height, self.size[0]), (width, self.size[1])):
+            index = mirror_index(-self.context, length + self.context, length)
+            short = size - len(index)
+            if short > 0:  # mirrored as the padded sample would be, not as the original
+                index = index[mirror_index(-(short // 2), len(index) + short - short // 2, len(index))]
+            axes.append(index)
+        top, left = self.origin(position, len(axes[0]), len(axes[1]))
+        return axes[0][top : top + self.size[0]], axes[1][left : left + self.size[1]]
 
 
 def shard_bounds(size: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from zoo import create_model
 from zoo.data.augment import AugmentConfig, augment_batch
-from zoo.data.loader import RandomCrops, ShardedBatchSampler, make_loader
+from zoo.data.loader import RandomCrops, ShardedBatchSampler, make_loader, unit_float
 from zoo.harness import distributed
 from zoo.harness.budget import Plan
 from zoo.harness.config import TrainConfig
@@ -441,7 +441,9 @@ def _train(
             for i, batch in enumerate(bar):
                 if limit and i >= limit:
                     break
-                image, mask = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                # uint8 crops travel; they become float on the device
+                image = unit_float(batch[0].to(device, non_blocking=True))
+                mask = batch[1].to(device, non_blocking=True)
                 weight = batch[2].to(device) if len(batch) > 2 else None
                 # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
                 # augmented as one process would augment it
