@@ -283,30 +283,31 @@ register_dataset(
         weight_map_class=0,  # cells: the membrane between two touching cells gets the weight
     )
 )
-register_dataset(
-    DatasetEntry(
-        name="carvana",
-        title="Carvana Image Masking Challenge (Kaggle), full resolution 1918x1280",
-        loader=_carvana,
-        in_channels=CarvanaDataset.in_channels,
-        class_names=CarvanaDataset.class_names,
-        split_rule="groups",  # by car: the 16 views of one car are near-duplicates
-        folder="carvana",
-        twin=_CAR_TWIN,
-        card="carvana",
-    )
-)
-register_dataset(
-    DatasetEntry(
-        name="carvana512",
-        title="Carvana Image Masking Challenge (Kaggle), resized to 512x512",
+
+
+def _carvana_entry(name: str, title: str, *, recipe: str | None = None) -> DatasetEntry:
+    """Carvana at one resolution: the Kaggle layout, split by car (its 16 views are near-duplicates)."""
+    return DatasetEntry(
+        name=name,
+        title=title,
         loader=_carvana,
         in_channels=CarvanaDataset.in_channels,
         class_names=CarvanaDataset.class_names,
         split_rule="groups",
-        folder="carvana512",
+        folder=name,
         twin=_CAR_TWIN,
         card="carvana",
+        recipe=recipe,
+    )
+
+
+register_dataset(
+    _carvana_entry("carvana", "Carvana Image Masking Challenge (Kaggle), full resolution 1918x1280")
+)
+register_dataset(
+    _carvana_entry(
+        "carvana512",
+        "Carvana Image Masking Challenge (Kaggle), resized to 512x512",
         recipe="unet_bilinear-carvana512-cpu",
     )
 )
