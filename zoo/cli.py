@@ -389,14 +389,28 @@ def _record_rescored(run_dir: Path, metrics: dict[str, float], workdir: str) -> 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from zoo.harness.tracking import default_tracking_uri
-    from zoo.report import build, write_report
+    from zoo.report import build, write_comparison, write_report
 
+    experiments = args.experiment or ["suite-default"]
+    if len(experiments) > 2:
+        raise ValueError(
+            f"--experiment given {len(experiments)} times ({', '.join(experiments)}): give one for a "
+            "leaderboard, two to compare them"
+        )
     uri = default_tracking_uri(args.workdir)
-    board = build(args.experiment, uri)
-    for line in board.excluded:
-        print(f"left out: {line}")
-    paths = write_report(board, args.out, experiment=args.experiment, tracking_uri=uri)
-    print(f"{len(board.runs)} runs, {len(board.table)} leaderboard rows from {uri}")
+    name = experiments[0] if len(experiments) == 1 else "-vs-".join(experiments)
+    # per experiment under the workdir by default: never the repository's published reports/ by surprise
+    out = Path(args.out) if args.out else Path(args.workdir) / "reports" / name
+    boards = [build(e, uri) for e in experiments]
+    for experiment, board in zip(experiments, boards, strict=True):
+        for line in board.excluded:
+            print(f"left out ({experiment}): {line}" if len(boards) > 1 else f"left out: {line}")
+        print(f"{experiment}: {len(board.runs)} runs, {len(board.table)} leaderboard rows from {uri}")
+    if len(boards) == 1:
+        paths = write_report(boards[0], out, experiment=name, tracking_uri=uri, force=args.force)
+    else:
+        pair = (experiments[0], experiments[1])
+        paths = write_comparison(boards[0], boards[1], out, experiments=pair, force=args.force)
     for kind, path in paths.items():
         print(f"  {kind:18s} {path}")
     return 0
@@ -651,10 +665,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="leaderboard (Markdown, CSV, HTML, plots) from an experiment's runs")
     p.add_argument(
-        "--experiment", default="suite-default", help="MLflow experiment (default: the main job's)"
+        "--experiment",
+        action="append",
+        help="MLflow experiment (default: suite-default, the main job's); twice, A then B: the two "
+        "side by side with the change B - A",
     )
-    p.add_argument("--out", default="reports", help="output folder (default: reports/)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: WORKDIR/reports/EXPERIMENT); one holding another experiment's "
+        "report is refused without --force",
+    )
     p.add_argument("--workdir", default="runs", help="where the default SQLite store is")
+    p.add_argument(
+        "--force", action="store_true", help="replace a report of another experiment in the output folder"
+    )
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best weights on its validation split")

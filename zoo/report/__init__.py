@@ -1,6 +1,15 @@
 """Leaderboard tables and plots built from MLflow runs only."""
 
-from zoo.report.leaderboard import Leaderboard, aggregate, build, load_runs, pareto_front
-from zoo.report.render import write_report
+from zoo.report.leaderboard import Leaderboard, aggregate, build, compare, load_runs, pareto_front
+from zoo.report.render import write_comparison, write_report
 
-__all__ = ["Leaderboard", "aggregate", "build", "load_runs", "pareto_front", "write_report"]
+__all__ = [
+    "Leaderboard",
+    "aggregate",
+    "build",
+    "compare",
+    "load_runs",
+    "pareto_front",
+    "write_comparison",
+    "write_report",
+]
