@@ -59,6 +59,9 @@ class TrainConfig:
         synthetic: twin generation (count, size) when data_root is None.
         cost_batch: batch for the inference throughput figure; cost_size: image side for cost figures
             (None: the training crop).
+        keep_checkpoint: keep ``checkpoint.pt`` (weights, optimiser state, best weights: several times
+            the weights' size) in the run folder once the run has finished. Off: nothing resumes a
+            finished run, so only a killed or failed run keeps it, for ``unet-zoo train --resume``.
     """
 
     model: str
@@ -101,6 +104,7 @@ class TrainConfig:
     synthetic: dict[str, int] = field(default_factory=dict)
     cost_batch: int = 4
     cost_size: int | None = None
+    keep_checkpoint: bool = False
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd"),

@@ -23,6 +23,13 @@ recipe's).
 
 ``run_suite(..., jobs=N)`` (``unet-zoo bench --jobs N``) trains N runs at once in worker processes that
 share the cores and record into the same store and parent run.
+
+Progress is logged at INFO (the CLI shows it), one line as each run starts and one as it ends::
+
+    [3/14] unet_bn-isbi2012-s0: started
+    [3/14] unet_bn-isbi2012-s0: done in 41 s, Dice 0.812; suite 2 min 10 s elapsed, about 5 min left
+
+``[k/N]``: the k-th run to start, or to end; the estimate is :func:`estimate_seconds_left`'s.
 """
 
 from __future__ import annotations
@@ -50,7 +57,15 @@ from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, train
 from zoo.registry import get_entry, list_models
 
-__all__ = ["Suite", "WorkerDiedError", "find_suite", "load_suite", "run_suite"]
+__all__ = [
+    "Suite",
+    "WorkerDiedError",
+    "estimate_seconds_left",
+    "find_suite",
+    "format_duration",
+    "load_suite",
+    "run_suite",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +150,62 @@ def load_suite(
     return Suite(spec.get("name", path.stem), spec.get("description", ""), runs)
 
 
+def format_duration(seconds: float, *, coarse: bool = False) -> str:
+    """``41 s``, ``2 min 10 s``, ``1 h 5 min``; ``coarse``: whole minutes above one (``about 5 min``)."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total} s"
+    if coarse:
+        total = round(seconds / 60) * 60
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+
+
+def estimate_seconds_left(durations: Sequence[float], runs_left: int, *, jobs: int = 1) -> float | None:
+    """The time a suite still needs: the mean of its finished runs' ``durations`` times ``runs_left``
+    (those running included), shared among ``jobs`` runs at a time, never more at once than are left.
+    None while no run has finished: there is nothing to go by yet."""
+    if runs_left <= 0:
+        return 0.0
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    return mean * runs_left / min(jobs, runs_left)
+
+
+class _Progress:
+    """The suite's progress lines (module docstring): a count, the elapsed time and an estimate."""
+
+    def __init__(self, total: int, jobs: int) -> None:
+        self.total, self.jobs = total, jobs
+        self.start = time.perf_counter()
+        self.started_runs = 0
+        self.ended_runs = 0
+        self.durations: list[float] = []  # of finished runs only: a run that failed early is no guide
+
+    def started(self, name: str) -> None:
+        self.started_runs += 1
+        log.info("[%d/%d] %s: started", self.started_runs, self.total, name)
+
+    def ended(self, name: str, seconds: float, outcome: object) -> None:
+        self.ended_runs += 1
+        suite = f"suite {format_duration(time.perf_counter() - self.start)} elapsed"
+        if isinstance(outcome, RunResult):
+            self.durations.append(seconds)
+        left = estimate_seconds_left(self.durations, self.total - self.ended_runs, jobs=self.jobs)
+        if left:
+            suite += f", about {format_duration(left, coarse=True)} left"
+        head = f"[{self.ended_runs}/{self.total}] {name}"
+        if isinstance(outcome, RunResult):
+            dice = outcome.metrics.get("dice", float("nan"))
+            log.info("%s: done in %s, Dice %.3f; %s", head, format_duration(seconds), dice, suite)
+        else:
+            log.error("%s: failed after %s: %s; %s", head, format_duration(seconds), outcome, suite)
+
+
 def run_suite(
     suite: Suite, *, tracker: Tracker, workdir: str = "runs", progress: bool = True, jobs: int = 1
 ) -> list[tuple[str, object]]:
@@ -161,14 +232,19 @@ def run_suite(
         },
     )
     outcomes: list[tuple[str, object]] = []
+    report = _Progress(len(suite.runs), jobs)
     try:
         if jobs > 1:
-            outcomes = _run_parallel(suite, tracker=tracker, workdir=workdir, parent=parent, jobs=jobs)
+            outcomes = _run_parallel(
+                suite, tracker=tracker, workdir=workdir, parent=parent, jobs=jobs, report=report
+            )
             return outcomes
-        for k, cfg in enumerate(suite.runs, start=1):
+        for cfg in suite.runs:
+            report.started(cfg.run_name)
+            start = time.perf_counter()
+            outcome: object
             try:
-                start = time.perf_counter()
-                result = train(
+                outcome = train(
                     cfg,
                     tracker=tracker,
                     workdir=workdir,
@@ -176,18 +252,10 @@ def run_suite(
                     tags={"suite": suite.name},
                     progress=progress,
                 )
-                outcomes.append((cfg.run_name, result))
-                log.info(
-                    "[%d/%d] %s: dice %.4f in %.0f s",
-                    k,
-                    len(suite.runs),
-                    cfg.run_name,
-                    result.metrics.get("dice", float("nan")),
-                    time.perf_counter() - start,
-                )
             except Exception as err:  # recorded as FAILED in MLflow by train(); the suite goes on
-                log.error("%s failed: %s", cfg.run_name, err)
-                outcomes.append((cfg.run_name, err))
+                outcome = err
+            outcomes.append((cfg.run_name, outcome))
+            report.ended(cfg.run_name, time.perf_counter() - start, outcome)
     finally:
         failed = any(isinstance(o, Exception) for _, o in outcomes) or len(outcomes) < len(suite.runs)
         tracker.finish(parent, "FAILED" if failed else "FINISHED")
@@ -262,7 +330,7 @@ def _prepare_synthetic_twins(runs: Sequence[TrainConfig], workdir: str) -> None:
 
 
 def _run_parallel(
-    suite: Suite, *, tracker: Tracker, workdir: str, parent: str, jobs: int
+    suite: Suite, *, tracker: Tracker, workdir: str, parent: str, jobs: int, report: _Progress
 ) -> list[tuple[str, object]]:
     """Train ``suite.runs`` in ``jobs`` worker processes; outcomes in the suite's order.
 
@@ -305,13 +373,14 @@ def _run_parallel(
                 k, cfg = waiting.popleft()
                 job = _Job(cfg, tracker.uri, tracker.experiment, workdir, parent, suite.name)
                 running[pool.submit(_train_job, job)] = (k, w, time.perf_counter())
-                log.info("started %s (%d/%d)", cfg.run_name, k + 1, total)
+                report.started(cfg.run_name)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: running[f][0]):
                 k, w, start = running.pop(future)
                 cfg = suite.runs[k]
+                outcome: object
                 try:
-                    result = future.result()
+                    outcome = future.result()
                 except BrokenProcessPool:
                     broken = pools[w]
                     assert broken is not None
@@ -322,21 +391,11 @@ def _run_parallel(
                         "memory, or a crash in native code); rerun it alone with `unet-zoo train` to see why"
                     )
                     _fail_orphans(tracker, parent, cfg.run_name)
-                    log.error("[%d/%d] %s", len(results) + 1, total, err)
-                    results[k] = err
+                    outcome = err
                 except Exception as err:  # recorded as FAILED in MLflow by train() in the worker
-                    log.error("[%d/%d] %s failed: %s", len(results) + 1, total, cfg.run_name, err)
-                    results[k] = err
-                else:
-                    log.info(
-                        "[%d/%d] %s: dice %.4f in %.0f s",
-                        len(results) + 1,
-                        total,
-                        cfg.run_name,
-                        result.metrics.get("dice", float("nan")),
-                        time.perf_counter() - start,
-                    )
-                    results[k] = result
+                    outcome = err
+                results[k] = outcome
+                report.ended(cfg.run_name, time.perf_counter() - start, outcome)
     finally:
         # Interrupted (Ctrl-C reaches the workers too; each marks its run KILLED): let them end cleanly.
         for pool in pools:

@@ -34,6 +34,19 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
   ``params``, ``gflops``, ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms``,
   ``peak_memory_mb``;
 - artifacts: ``weights/best.safetensors``, ``config/config.json``, ``overlays/*.png``.
+
+Artifacts and run folders, each file stored once. The run's artifact in MLflow is the canonical copy:
+``unet-zoo weights publish`` and the report download it, and against a server it is the only copy that
+others see. The run folder (``<workdir>/<experiment>/<run name>-<id>``) holds the same files under the
+names that ``unet-zoo evaluate RUN_DIR``, ``predict --weights`` and ``train --resume`` read:
+``best.safetensors``, ``config.json``, ``overlays/``. On a local store (artifacts under a ``file:``
+location, the default ``mlartifacts``) :meth:`Tracker.log_artifact` makes the artifact a hard link to the
+run folder's file instead of a copy: one file on disk with two names, so that deleting either name
+leaves the other whole (a symbolic link would dangle) and ``du`` counts it once. Both names show the
+same bytes because the harness changes none of these files once logged (a run resumed after a kill
+writes its weights and overlays anew and logs them again). Where a hard link cannot be made (the
+artifact store on another filesystem) the artifact is copied as MLflow copies it; against a server it
+is uploaded, and the run folder keeps the local copy.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from zoo.metrics import class_metric_keys
 
@@ -223,7 +238,28 @@ class Tracker:
         return {m.step for m in self.client.get_metric_history(run_id, key)}
 
     def log_artifact(self, run_id: str, path: str | Path, subdir: str | None = None) -> None:
+        """Record ``path`` as the run's artifact ``subdir/<name>``: on a local store a hard link to it,
+        else a copy or an upload (the module docstring says why)."""
+        path = Path(path)
+        folder = self.local_artifact_dir(run_id)
+        if folder is not None:
+            target = folder / subdir / path.name if subdir else folder / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)  # logged again by a resumed run: the new file replaces it
+            try:
+                os.link(path, target)
+                return
+            except OSError as err:  # another filesystem, or one without hard links
+                log.debug("%s: no hard link into %s (%s); copying it", path, target.parent, err)
         self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def local_artifact_dir(self, run_id: str) -> Path | None:
+        """The folder holding the run's artifacts when it is on this machine (a ``file:`` location), else
+        None (a server, a cloud bucket)."""
+        uri = urlparse(str(self.client.get_run(run_id).info.artifact_uri))
+        if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
+            return None
+        return Path(url2pathname(uri.path))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._write(self.client.set_terminated, run_id, status=status)

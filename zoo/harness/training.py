@@ -4,7 +4,9 @@ Per epoch: random crops -> batched augmentation on the device -> forward/backwar
 channels-last) -> optimiser step; then whole-image validation, MLflow metrics, the best weights
 (safetensors) and a checkpoint (atomic write). A killed run resumes from its last checkpoint into the
 same MLflow run and loses only the unfinished epoch: crops, augmentation and dropout are seeded per
-epoch, so a resumed run continues exactly as an uninterrupted one would.
+epoch, so a resumed run continues exactly as an uninterrupted one would. A finished run has nothing to
+resume: it deletes its checkpoint (unless ``keep_checkpoint``) and keeps ``best.safetensors``,
+``config.json``, ``run.json`` and its overlays.
 
 Under ``torchrun`` the same function trains data-parallel (see :mod:`zoo.harness.distributed`): each
 process loads and augments its part of every global batch (``zoo.data.loader.ShardedBatchSampler``),
@@ -223,7 +225,8 @@ def train(
             record (rank 0 sends them the run id and folder).
         workdir: holds run folders (checkpoints, best weights) and synthetic twins.
         parent_run_id: the suite's parent run.
-        resume: a run folder of a run that was killed; training continues from its last checkpoint.
+        resume: a run folder of a run that was killed or failed; training continues from its last
+            checkpoint. A finished run is refused: it has dropped its checkpoint (``keep_checkpoint``).
     """
     workdir = Path(workdir)
     if resume is None and cfg is None:
@@ -235,6 +238,14 @@ def train(
                 f"{meta_path}: not a run folder (no run.json); pass the folder a run created"
             )
         cfg = TrainConfig.from_dict(json.loads((Path(resume) / "config.json").read_text()))
+        run_id = json.loads(meta_path.read_text())["run_id"]
+        # Checked on the recording process only; under torchrun its error ends the other ranks too.
+        if tracker is not None and tracker.run_status(run_id) == "FINISHED":
+            raise ValueError(
+                f"{resume}: run {run_id} has FINISHED; there is nothing to resume (a finished run keeps "
+                "best.safetensors and drops its checkpoint unless keep_checkpoint=true). Start a new run "
+                "with `unet-zoo train`, or score this one with `unet-zoo evaluate`."
+            )
     assert cfg is not None
     with distributed.session(resolve_device(cfg.device)) as (ctx, device):
         if ctx.is_main and tracker is None:
@@ -578,6 +589,7 @@ def _train(
             )
             _log_artifacts(rec, run_id, run_dir, model, ds, split.val, amp, channels_last)
             rec.finish(run_id, "FINISHED")
+            _drop_checkpoint(cfg, run_dir)
             result = RunResult(run_id, run_dir, {**final, **cost})
         result = distributed.broadcast(result, ctx)
         assert result is not None
@@ -590,6 +602,25 @@ def _train(
         if rec is not None:
             rec.finish(run_id, "FAILED")
         raise
+
+
+def _drop_checkpoint(cfg: TrainConfig, run_dir: Path) -> None:
+    # Only after the run is marked FINISHED: a process killed before that leaves a run that is still
+    # RUNNING, which --resume must be able to pick up from this file.
+    path = run_dir / "checkpoint.pt"
+    if cfg.keep_checkpoint or not path.is_file():
+        return
+    size = path.stat().st_size
+    try:
+        path.unlink()
+    except OSError as err:  # the run itself is complete and recorded: a leftover file must not fail it
+        log.warning("%s: could not remove its checkpoint %s: %s", cfg.run_name, path, err)
+        return
+    log.debug(  # the suite's progress line is the one a user reads per run
+        "%s: finished; removed its checkpoint (%.1f MB; keep_checkpoint=true keeps it)",
+        cfg.run_name,
+        size / 1e6,
+    )
 
 
 def _log_artifacts(
