@@ -42,7 +42,7 @@ def bare_seconds_per_step(
 ) -> float:
     """Seconds per optimiser step of a plain loop on tensors already on ``device``: the floor the
     harness's own step is compared with."""
-    device = torch.device(device)
+    device = resolve_device(str(device))  # as the harness sets the device up (denormals flushed on CPU)
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=1, num_classes=2, base_channels=width).train()
     # the harness trains valid-convolution models at the nearest accepted crop, on the output window

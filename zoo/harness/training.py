@@ -74,11 +74,19 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` ("auto": CUDA when there is one) names, ready to compute on.
+
+    On a CPU this also flushes denormal floats to zero for the process (``torch.set_flush_denormal``):
+    gradients and activations that decay below 1e-38 otherwise take x86's microcode path, and a
+    ``unet_bn`` training step on this project's 2-core Intel Xeon took 7.9 s instead of 0.82 s (bf16,
+    width 32, 192x192, batch 4). Values that small change no result."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
     return device
 
 
