@@ -12,28 +12,10 @@ from pathlib import Path
 import pytest
 
 import zoo.harness.training as train_module
-from zoo.harness import Tracker, TrainConfig, load_suite, run_suite, train
+from zoo.harness import Tracker, load_suite, run_suite, train
 from zoo.harness.suites import estimate_seconds_left, format_duration
 
-TINY = {
-    "model": "unet_bn",
-    "dataset": "isbi2012",
-    "overrides": {"base_channels": 4},
-    "epochs": 1,
-    "steps_per_epoch": 1,
-    "batch_size": 2,
-    "crop": 64,
-    "max_val_images": 1,
-    "cost_batch": 1,
-    "cost_size": 32,
-    "synthetic": {"count": 6, "size": 96},
-    "folds": 3,
-    "fold": 2,
-}
-
-
-def _tiny(**changes: object) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, **changes})
+from .helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +67,7 @@ def test_a_finished_run_drops_its_checkpoint_unless_asked_to_keep_it(
     tmp_path: Path, store: str, keep: bool
 ) -> None:
     tracker = Tracker(f"finished-{keep}", workdir=tmp_path, tracking_uri=store)
-    result = train(_tiny(keep_checkpoint=keep), tracker=tracker, workdir=tmp_path, progress=False)
+    result = train(tiny_run(keep_checkpoint=keep), tracker=tracker, workdir=tmp_path, progress=False)
     assert tracker.run_status(result.run_id) == "FINISHED"
     kept = {p.name for p in result.run_dir.iterdir()}
     assert {"best.safetensors", "config.json", "run.json", "overlays"} <= kept
@@ -106,7 +88,7 @@ def test_a_run_that_fails_or_is_stopped_at_its_end_keeps_its_checkpoint(
     monkeypatch.setattr(train_module, "measure_cost", broken)
     tracker = Tracker(f"stopped-{status}", workdir=tmp_path, tracking_uri=store)
     with pytest.raises(error):
-        train(_tiny(), tracker=tracker, workdir=tmp_path, progress=False)
+        train(tiny_run(), tracker=tracker, workdir=tmp_path, progress=False)
     (run_dir,) = (tmp_path / tracker.experiment).iterdir()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert tracker.run_status(run_id) == status

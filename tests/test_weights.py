@@ -407,6 +407,12 @@ def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(t
         assert torch.equal(value, state[key]), key
     with pytest.raises(ValueError, match=r"already has unet_bn\.tiny"):
         publish_run(result.run_id, tracking_uri=tracker.uri, out_dir=out, tag="tiny")
+    # a tag is checked before anything is written: nothing lands outside --out, nor in it
+    before = sorted(tmp_path.rglob("*"))
+    for bad in ("a/../../../../ESCAPED", "../x", "x.y", ""):
+        with pytest.raises(WeightsError, match=r"--tag .*a tag is 1 to 100 letters"):
+            publish_run(result.run_id, tracking_uri=tracker.uri, out_dir=tmp_path / "other", tag=bad or "-")
+    assert sorted(tmp_path.rglob("*")) == before
 
     # the twin the run trained on, placed where a data root would hold it
     twin = next((tmp_path / "work" / "synthetic").glob("isbi2012-*"))

@@ -279,11 +279,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.recipes import resolve_recipe
     from zoo.harness.training import train
 
-    main_rank = env_rank() == 0  # under torchrun only rank 0 records and prints
-    tracker = _tracker(args, "train") if main_rank else None
-    if args.resume:
-        result = train(None, tracker=tracker, workdir=args.workdir, resume=args.resume)
-    else:
+    cfg: TrainConfig | None = None  # None: --resume, the run folder holds it
+    if not args.resume:
         fields = {
             "model": args.model,
             "dataset": args.dataset,
@@ -303,7 +300,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         else:
             cfg = TrainConfig.from_dict(fields)
-        result = train(cfg, tracker=tracker, workdir=args.workdir)
+    main_rank = env_rank() == 0  # under torchrun only rank 0 records and prints
+    # the store is opened once the config is known to be good: a bad --set leaves nothing behind
+    tracker = _tracker(args, "train") if main_rank else None
+    result = train(cfg, tracker=tracker, workdir=args.workdir, resume=args.resume)
     if main_rank:
         _print_results([(result.run_dir.name, result)])
         print(f"run folder: {result.run_dir}")

@@ -53,6 +53,7 @@ __all__ = [
     "WeightsMismatchError",
     "build_model_with",
     "cache_dir",
+    "check_tag",
     "create_pretrained",
     "fetch",
     "file_sha256",
@@ -61,6 +62,7 @@ __all__ = [
     "load_entry",
     "load_manifest",
     "model_from_state",
+    "read_metadata",
     "read_weights",
     "save_weights",
     "verify_file",
@@ -234,8 +236,9 @@ class WeightsEntry:
     def check(self, origin: str = "manifest") -> None:
         """Reject entries whose names could escape the cache folder or whose hash is malformed."""
         where = f"{origin}: entry {self.model!r}.{self.tag!r}"
-        if not _SAFE_TAG.fullmatch(self.model) or not _SAFE_TAG.fullmatch(self.tag):
-            raise WeightsError(f"{where}: model and tag must be letters, digits, '_' or '-'")
+        if not _SAFE_TAG.fullmatch(self.model):
+            raise WeightsError(f"{where}: model must be letters, digits, '_' or '-'")
+        check_tag(self.tag, f"{where}: tag")
         _check_file_name(self.file, where)
         if not _HEX64.fullmatch(self.sha256):
             raise WeightsError(f"{where}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
@@ -248,6 +251,16 @@ class WeightsEntry:
         data = asdict(self)
         del data["location"]
         return data
+
+
+def check_tag(tag: str, where: str = "tag") -> None:
+    """A weights tag names a file (``MODEL.TAG.safetensors``): letters, digits, '_' and '-' only, so that
+    it can never reach outside the folder it is written to or cached in."""
+    if not _SAFE_TAG.fullmatch(tag):
+        raise WeightsError(
+            f"{where} {tag!r}: a tag is 1 to 100 letters, digits, '_' or '-' (it names the file "
+            "MODEL.TAG.safetensors, inside the output folder); choose another"
+        )
 
 
 def _check_file_name(name: str, where: str) -> None:

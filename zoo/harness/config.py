@@ -113,6 +113,27 @@ class TrainConfig:
         "amp": ("auto", "bf16", "fp16", "none"),
     }
 
+    # inclusive lower bound and exclusive upper bound (None: none) of the numeric fields
+    RANGES: ClassVar[dict[str, tuple[float, float | None]]] = {
+        "seed": (0, None),
+        "split_seed": (0, None),
+        "epochs": (1, None),
+        "steps_per_epoch": (1, None),
+        "batch_size": (1, None),
+        "crop": (1, None),
+        "max_cars": (1, None),
+        "folds": (2, None),
+        "fold": (0, None),
+        "max_val_images": (1, None),
+        "weight_decay": (0, None),
+        "momentum": (0, 1),
+        "warmup_epochs": (0, None),
+        "accumulate": (1, None),
+        "patience": (1, None),
+        "cost_batch": (1, None),
+        "cost_size": (1, None),
+    }
+
     def __post_init__(self) -> None:
         for name, choices in self.CHOICES.items():
             value = getattr(self, name)
@@ -120,8 +141,7 @@ class TrainConfig:
                 close = difflib.get_close_matches(str(value), choices, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            raise ValueError("epochs, batch_size and accumulate must be >= 1")
+        self._check_numbers()
         self._check_budget()
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
@@ -132,6 +152,34 @@ class TrainConfig:
                 f"{entry.name!r} names no object class for it (ISBI does; a dataset file can, with "
                 "weight_map_class)"
             )
+
+    def _check_numbers(self) -> None:
+        """Each scalar field has its declared type (``--set lr=abc`` or ``epochs=1.5`` fail here, naming
+        the field) and lies in its range (``steps_per_epoch=-1`` would train nothing and finish)."""
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        for f in dataclasses.fields(self):
+            declared = str(f.type)
+            kind = declared.removesuffix(" | None")
+            if kind not in kinds:
+                continue  # dicts and lists: checked where they are read
+            value = getattr(self, f.name)
+            if value is None and declared.endswith(" | None"):
+                continue
+            if not isinstance(value, kinds[kind]) or (kind != "bool" and isinstance(value, bool)):
+                none = " or null" if declared.endswith(" | None") else ""
+                wanted = "a whole number" if kind == "int" else f"a {kind}"
+                raise ValueError(f"{f.name}={value!r}: expected {wanted}{none} (--set {f.name}=VALUE)")
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not (low <= value and (high is None or value < high)):
+                upper = f" and below {high}" if high is not None else ""
+                raise ValueError(f"{name}={value!r} must be at least {low}{upper}")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
+        if self.fold >= self.folds:
+            raise ValueError(f"fold={self.fold!r} must be below folds={self.folds!r} (folds count from 0)")
 
     def _check_budget(self) -> None:
         images, seconds = self.budget_images, self.budget_seconds

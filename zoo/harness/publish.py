@@ -24,6 +24,7 @@ from zoo.harness.tracking import quality_keys
 from zoo.weights import (
     TrainingScale,
     WeightsEntry,
+    check_tag,
     file_sha256,
     load_entry,
     load_manifest,
@@ -101,6 +102,7 @@ def publish_run(
         raise ValueError(f"run {name} has no final metrics (dice); it did not complete")
     suite = tags.get("suite", "")
     tag = tag or f"{dataset}-{suite or 'run'}-s{params.get('cfg.seed', '0')}"
+    check_tag(tag, "--tag")  # before anything is written: the tag names the file
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(manifest) if manifest is not None else out_dir / "manifest.json"

@@ -308,6 +308,14 @@ def _train(
     if sync_bn:
         distributed.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
     crop = model.nearest_valid_input_size(cfg.crop)
+    if crop != cfg.crop:
+        log.warning(
+            "%s: crop=%d is not an input size %s takes; training at %d",
+            cfg.run_name,
+            cfg.crop,
+            cfg.model,
+            crop,
+        )
     out_size = model.output_size(crop)
     # the pixel scale of the training images, recorded with the weights so that predict brings its
     # inputs to it (a resize) or warns about inputs far from the images' size
