@@ -20,7 +20,7 @@ from zoo.cli import main
         ("steps_per_epoch=0", "steps_per_epoch=0 must be at least 1"),
         ("crop=0", "crop=0 must be at least 1"),
         ("batch_size=true", "batch_size=True: expected a whole number"),
-        ("lr=0", "lr=0 must be > 0"),
+        ("lr=-0.1", "lr=-0.1 must be at least 0"),
         ("momentum=1", "momentum=1 must be at least 0 and below 1"),
         ("val_fraction=1.5", "val_fraction=1.5 must be between 0 and 1 (exclusive)"),
         ("fold=4", "fold=4 must be below folds=4 (folds count from 0)"),

@@ -150,10 +150,10 @@ def test_the_plan_round_trips_through_checkpoint_data() -> None:
         ),
         ({"budget_seconds": 0}, r"budget_seconds=0 must be > 0"),
         ({"budget_seconds": -5.0}, r"budget_seconds=-5\.0 must be > 0"),
-        ({"budget_seconds": "2m"}, r"budget_seconds='2m' must be > 0"),
+        ({"budget_seconds": "2m"}, r"budget_seconds='2m': expected a float or null"),
         ({"budget_images": 0}, r"budget_images=0 must be a whole number .* at least one optimiser step's 2"),
         ({"budget_images": 3, "accumulate": 2}, r"budget_images=3 .* step's 4 \(batch_size=2 x accumulate=2"),
-        ({"budget_images": 12.5}, r"budget_images=12\.5 must be a whole number"),
+        ({"budget_images": 12.5}, r"budget_images=12\.5: expected a whole number or null"),
     ],
 )
 def test_bad_budgets_are_refused_by_name(changes: dict[str, Any], message: str) -> None:

@@ -125,6 +125,7 @@ class TrainConfig:
         "folds": (2, None),
         "fold": (0, None),
         "max_val_images": (1, None),
+        "lr": (0, None),  # 0 is allowed: a run that must not improve (tests of early stopping)
         "weight_decay": (0, None),
         "momentum": (0, 1),
         "warmup_epochs": (0, None),
@@ -174,8 +175,6 @@ class TrainConfig:
             if value is not None and not (low <= value and (high is None or value < high)):
                 upper = f" and below {high}" if high is not None else ""
                 raise ValueError(f"{name}={value!r} must be at least {low}{upper}")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} must be > 0")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
         if self.fold >= self.folds:
