@@ -458,7 +458,8 @@ def predict_files(
     if model.num_classes > 256:
         raise ValueError(f"{model.num_classes} classes do not fit 8-bit mask files (at most 256)")
     scale = _checked_scale(scale)
-    dev = next(model.parameters()).device if device is None else resolve_device(str(device))
+    # resolved either way: on a CPU that also flushes denormals (several times faster on some CPUs)
+    dev = resolve_device(str(next(model.parameters()).device if device is None else device))
     dtype = resolve_amp(amp, dev)
     use_channels_last = resolve_channels_last(channels_last, dtype)
     model.to(dev)
