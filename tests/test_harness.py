@@ -20,23 +20,15 @@ import zoo.harness.training as train_module
 from zoo.harness import NonFiniteLossError, Tracker, TrainConfig, load_suite, run_suite, train
 from zoo.harness.tracking import QUALITY_KEYS
 
-TINY = {
-    "epochs": 2,
-    "steps_per_epoch": 2,
-    "batch_size": 2,
-    "crop": 64,
-    "max_val_images": 2,
-    "cost_batch": 2,
-    "synthetic": {"count": 6, "size": 96},
-    "folds": 3,
-    "fold": 2,
-}
+from .helpers import TINY_RUN, tiny_run
+
+# the shared tiny run (tests/helpers.py) at this module's budget: two epochs of two steps
+TINY = {"epochs": 2, "steps_per_epoch": 2, "max_val_images": 2, "cost_batch": 2, "cost_size": None}
 
 
 def _tiny_bn(**changes: object) -> TrainConfig:
     """unet_bn at width 4 on the small EM twin, with the TINY budget and ``changes``."""
-    fields = {"model": "unet_bn", "dataset": "isbi2012", "overrides": {"base_channels": 4}, **TINY, **changes}
-    return TrainConfig.from_dict(fields)
+    return tiny_run(**{**TINY, **changes})
 
 
 def _runs(tracker: Tracker) -> list[mlflow.entities.Run]:
@@ -198,7 +190,8 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
 
 
 def _train_cmd(workdir: Path, *extra: str) -> list[str]:
-    settings = {**TINY, "epochs": 3, "steps_per_epoch": 12, "crop": 96}
+    shared = {k: v for k, v in TINY_RUN.items() if k not in ("model", "dataset", "overrides")}
+    settings = {**shared, **TINY, "epochs": 3, "steps_per_epoch": 12, "crop": 96}
     sets = [f"--set={k}={json.dumps(v)}" for k, v in settings.items()]
     return [
         sys.executable,

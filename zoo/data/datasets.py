@@ -165,6 +165,8 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, ...]]):
         and compute the weight maps if asked."""
         if self._select is not None:
             self._keep(self._select.keep(self.items))
+            if not self.items:
+                raise DataError(f"{type(self).__name__}: none of the images is selected ({self._select})")
         if not self.items:
             return
         cache = self._cache_flag
@@ -381,8 +383,6 @@ class CarvanaDataset(SegmentationDataset):
         if not self.items:
             raise DataError(f"{image_dir}: no images found")
         self._finish_init()
-        if not self.items:
-            raise DataError(f"{image_dir}: none of the images is selected ({select})")
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         item = self.items[index]

@@ -627,8 +627,6 @@ class FolderDataset(SegmentationDataset):
         if not self.items:
             raise DataError(f"{s.images}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         self._finish_init()
-        if not self.items:
-            raise DataError(f"{s.images}: none of the images is selected ({select})")
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         item = self.items[index]

@@ -230,13 +230,12 @@ def _file_entry(path: Path) -> DatasetEntry:
     ) -> SegmentationDataset:
         return FolderDataset(spec, resize=resize, weight_map=weight_map, select=select)
 
-    probe_classes = tuple(spec.class_names)
     return DatasetEntry(
         name=spec.name,
         title=f"{spec.name} (dataset file {path})",
         loader=load,
         in_channels=spec.channels,
-        class_names=probe_classes,
+        class_names=tuple(spec.class_names),
         split_rule=spec.split,
         recipe="folder-cpu",
         weight_map_class=spec.weight_map_index,
