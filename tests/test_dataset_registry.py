@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,11 @@ def test_a_suite_runs_on_a_dataset_file(shapes: Path) -> None:
         (str(shapes), "unet_bn-shapes-s0"),
         (str(shapes), "unet_bn-shapes-s1"),
     ]
+
+
+def test_an_edited_dataset_file_is_read_again(shapes: Path) -> None:
+    assert get_dataset(str(shapes)) is get_dataset(str(shapes))  # parsed once per version
+    text = shapes.read_text().replace('name = "shapes"', 'name = "edited"')
+    shapes.write_text(text)
+    os.utime(shapes, ns=(shapes.stat().st_atime_ns, shapes.stat().st_mtime_ns + 1_000_000))
+    assert get_dataset(str(shapes)).name == "edited"

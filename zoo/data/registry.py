@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -209,7 +210,9 @@ def get_dataset(name: str | Path) -> DatasetEntry:
         DataError: a dataset file that is missing or malformed (the message names the key or folder).
     """
     if is_dataset_file(name):
-        return _file_entry(Path(name))
+        path = Path(name).resolve()
+        # parsed once per version of the file: a config, its run name and its recipe all ask for it
+        return _file_entry(path, path.stat().st_mtime_ns if path.is_file() else None)
     if name in _REGISTRY:
         return _REGISTRY[str(name)]
     close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
@@ -220,7 +223,9 @@ def get_dataset(name: str | Path) -> DatasetEntry:
     )
 
 
-def _file_entry(path: Path) -> DatasetEntry:
+@functools.lru_cache(maxsize=16)
+def _file_entry(path: Path, mtime_ns: int | None) -> DatasetEntry:
+    """The entry of the dataset file ``path`` as it was at ``mtime_ns`` (None: missing, load_spec says so)."""
     from zoo.data.folder import FolderDataset, load_spec
 
     spec = load_spec(path)
