@@ -1,0 +1,19 @@
+"""The project's error types: the ones the CLI turns into one line and exit code 2.
+
+An error a user can fix (a bad value, file, dataset or weights file) is a ``ZooError``; anything else is
+a bug and keeps its traceback. Each class also derives from the built-in type that callers of the
+library already catch (``ValueError`` for bad values, ``OSError`` for files), so catching those keeps
+working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "ZooError"]
+
+
+class ZooError(Exception):
+    """An error whose message says what was wrong and how to fix it."""
+
+
+class ConfigError(ZooError, ValueError):
+    """A bad setting: an unknown key, a value of the wrong type or out of its range."""
