@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from zoo.cost import count_flops, count_parameters
 from zoo.models.base import SegmentationModel
 
-__all__ = ["PeakMemory", "measure_cost"]
+__all__ = ["PeakMemory", "measure_cost", "synchronize", "time_call"]
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work: a GPU runs ahead of the host, so a clock read before this
+    would time the launch, not the computation. A no-op on a CPU."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -54,15 +57,22 @@ class PeakMemory:
                 self.peak_mb = int(m.group(1)) / 1024
 
 
-def _timed(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> list[float]:
+def time_call(
+    fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device | str
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls (oneDNN and cuDNN
+    pick their kernels on first use), ``device`` synchronised before each clock read. The one timing
+    loop of the project: the harness's cost figures and the benchmark scripts both measure with it."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"time_call: repeats={repeats}, warmup={warmup}; need repeats >= 1, warmup >= 0")
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(iters):
-        _sync(device)
+    for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -100,8 +110,8 @@ def measure_cost(
             with autocast:
                 model(x1)
 
-        infer_times = _timed(infer, device, warmup, iters)
-        latency = statistics.median(_timed(infer1, device, warmup, iters))
+        infer_times = time_call(infer, warmup=warmup, repeats=iters, device=device)
+        latency = statistics.median(time_call(infer1, warmup=warmup, repeats=iters, device=device))
     model.train(was_training)
 
     trainee = copy.deepcopy(model).train()
@@ -117,7 +127,7 @@ def measure_cost(
         opt.step()
 
     with PeakMemory(device) as peak:
-        train_times = _timed(step, device, warmup, iters)
+        train_times = time_call(step, warmup=warmup, repeats=iters, device=device)
     return {
         "params": float(count_parameters(model)),
         "gflops": flops / 1e9,
