@@ -292,7 +292,7 @@ def test_verify_folder_collects_every_problem(tmp_path: Path) -> None:
     assert sorted(found) == ["broken.png", "nomask.png", "other.png", "short.png", "values.png"]
     assert found["nomask.png"].startswith(f"image without a mask in {tmp_path / 'masks'}")
     assert found["other.png"].startswith(f"mask without an image in {tmp_path / 'images'}")
-    assert found["broken.png"].startswith("cannot decode image")
+    assert found["broken.png"].startswith("truncated: ")
     assert found["short.png"].startswith("mask is 10x3 but its image")
     assert found["values.png"].startswith("mask values 17 are not listed in [classes]")
     assert not report.ok and report.counts == {"images": 5, "masks": 5, "pairs": 4}

@@ -340,7 +340,7 @@ def _read_pages(path: Path, in_channels: int) -> np.ndarray:
             f"{path}: {suffix or 'no suffix'} is not a format predict reads; use one of "
             f"{', '.join(IMAGE_SUFFIXES + STACK_SUFFIXES)}"
         )
-    image = read_image(path, mode="L" if in_channels == 1 else "RGB")
+    image = read_image(path, mode="L" if in_channels == 1 else "RGB", sixteen_bit="scale")  # as training
     return (image[..., None] if image.ndim == 2 else image)[None]
 
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zoo.data.io import DataError, read_image, read_stack
+from zoo.data.io import WIDE_MODES, DataError, image_info, read_image, read_stack
 from zoo.data.weightmap import unet_weight_map
 
 __all__ = [
@@ -294,12 +294,24 @@ class ISBI2012Dataset(SegmentationDataset):
         images = sorted(image_dir.glob("*.png"), key=_numeric_key)
         if not images:
             raise DataError(f"{image_dir}: no PNG slices found; expected files named 0.png, 1.png, ...")
+        wide = 0
         for path in images:
             label = None if label_dir is None else label_dir / path.name
             item = Item(path.stem, path.stem, str(path), None if label is None else str(label))
             if label is not None and not label.is_file():
                 raise DataError(f"{label}: label missing for slice {path}; every training slice needs one")
-            self._add(item, read_image(path, mode="L"), None if label is None else read_image(label))
+            wide += image_info(path).mode in WIDE_MODES
+            # 16-bit slices: scaled by the full 16-bit range, so a slice saved at 16 bits (v * 257) reads
+            # as its 8-bit original; the labels stay 8-bit (0 and 255)
+            image = read_image(path, mode="L", sixteen_bit="scale")
+            self._add(item, image, None if label is None else read_image(label))
+        if wide:
+            log.info(
+                "%s: %d of %d slices are 16-bit; read scaled to 8 bits (v * 255 / 65535)",
+                image_dir,
+                wide,
+                len(images),
+            )
 
     def _read_tif(self) -> None:
         if self.split == "train":

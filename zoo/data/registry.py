@@ -22,6 +22,7 @@ from zoo.data.datasets import CarvanaDataset, ISBI2012Dataset, SegmentationDatas
 from zoo.data.io import DataError
 from zoo.data.splits import Split, block_kfold, group_split
 from zoo.data.synthetic import write_car_twin, write_em_twin
+from zoo.errors import ZooError
 
 __all__ = [
     "SPLIT_RULES",
@@ -39,7 +40,7 @@ SPLIT_RULES = ("blocks", "groups")
 ``groups``: whole groups held out at random (cars, patients; ``val_fraction``, ``split_seed``)."""
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(ZooError, ValueError):
     """No dataset of that name and no such dataset file; the message lists the close and the known ones."""
 
 

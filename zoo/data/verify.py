@@ -2,12 +2,15 @@
 
 Unlike the loaders, which stop at the first bad file, verification reads everything and reports all of
 it: missing partners, size mismatches, mask values outside the card's set, unreadable or truncated
-files, and (with ``checksums=True``) files that differ from the published ones.
+files, files that the layout does not hold (``9.jpg`` or ``9.PNG`` beside ``9.png``: the loaders would
+silently skip them), and (with ``checksums=True``) files that differ from the published ones. Images are
+read as the loaders read them: 16-bit ones scaled to 8 bits, which a note counts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +21,7 @@ import numpy as np
 
 from zoo.data.cards import CARDS, DatasetCard, published_checksums
 from zoo.data.datasets import _CARVANA_NAME, detect_layout
-from zoo.data.io import DataError, read_image, read_stack
+from zoo.data.io import WIDE_MODES, DataError, SixteenBit, image_info, read_image, read_stack
 
 __all__ = ["Report", "verify_dataset"]
 
@@ -98,9 +101,11 @@ def _check_mask(
         report.problem(path, f"mask values {sorted(values)[:10]} are outside the expected {sets}")
 
 
-def _read(path: Path, report: Report, *, mode: str | None = None) -> np.ndarray | None:
+def _read(
+    path: Path, report: Report, *, mode: str | None = None, sixteen_bit: SixteenBit = "reject"
+) -> np.ndarray | None:
     try:
-        return read_image(path, mode=mode)
+        return read_image(path, mode=mode, sixteen_bit=sixteen_bit)
     except DataError as err:
         report.problem(path, str(err).removeprefix(f"{path}: "))
         return None
@@ -109,21 +114,45 @@ def _read(path: Path, report: Report, *, mode: str | None = None) -> np.ndarray 
 def _pairs(
     report: Report, pairs: Iterable[tuple[Path, Path | None]], card: DatasetCard, image_mode: str
 ) -> None:
-    """Decode every (image, mask) pair in threads (Pillow decodes without the GIL) and check each."""
+    """Decode every (image, mask) pair in threads (Pillow decodes without the GIL) and check each; images
+    as the loaders read them (16-bit ones scaled to 8 bits, counted in a note), masks at 8 bits."""
 
-    def one(pair: tuple[Path, Path | None]) -> list[tuple[str, str]]:
+    def one(pair: tuple[Path, Path | None]) -> tuple[list[tuple[str, str]], bool]:
         image_path, mask_path = pair
         local = Report(report.root, report.dataset, report.layout)
-        image = _read(image_path, local, mode=image_mode)
+        image = _read(image_path, local, mode=image_mode, sixteen_bit="scale")
+        wide = image is not None and image_info(image_path).mode in WIDE_MODES
         if mask_path is not None:
             mask = _read(mask_path, local)
             if image is not None and mask is not None:
                 _check_mask(mask_path, mask, image.shape, card, image_path, local)
-        return local.problems
+        return local.problems, wide
 
+    wide = 0
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for problems in pool.map(one, list(pairs)):
+        for problems, is_wide in pool.map(one, list(pairs)):
             report.problems.extend(problems)  # in input order: the report reads the same on every run
+            wide += is_wide
+    if wide:
+        report.notes.append(f"{wide} image(s) are 16-bit: read scaled to 8 bits (v * 255 / 65535)")
+
+
+_SLICE_NAME = re.compile(r"\d+\.png")
+
+
+def _strays(folder: Path, report: Report) -> None:
+    """Every entry of an ISBI slice folder that is not a ``<N>.png`` slice: the loader would skip it (a
+    ``9.jpg``, ``9.tif`` or ``9.PNG`` beside ``9.png``) or misplace it in the volume's order (``a.png``),
+    as the Carvana check flags what is not ``<car>_<NN>.jpg``."""
+    if not folder.is_dir():
+        return
+    for other in sorted(p for p in folder.iterdir() if not _SLICE_NAME.fullmatch(p.name)):
+        if other.suffix == ".png":
+            report.problem(other, "name is not <N>.png (the slice's number): rename it, or remove it")
+        else:
+            report.problem(
+                other, "not a .png slice; the ISBI layout holds only <N>.png here: convert it, or remove it"
+            )
 
 
 def _verify_isbi_png(root: Path, card: DatasetCard, report: Report) -> None:
@@ -134,6 +163,8 @@ def _verify_isbi_png(root: Path, card: DatasetCard, report: Report) -> None:
     report.counts.update(
         {"train images": len(images), "train labels": len(labels), "test images": len(tests)}
     )
+    for folder in (image_dir, label_dir, test_dir):
+        _strays(folder, report)
     for name in sorted(set(labels) - set(images)):
         report.problem(labels[name], f"label without an image (expected {image_dir / name})")
     pairs: list[tuple[Path, Path | None]] = []

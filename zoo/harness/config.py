@@ -9,8 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from zoo.data.registry import get_dataset
+from zoo.errors import ConfigError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "UnknownConfigKeyError"]
+
+
+class UnknownConfigKeyError(ConfigError, TypeError):
+    """A config key that is no :class:`TrainConfig` field (a TypeError too, as an unknown keyword is)."""
 
 
 @dataclass
@@ -141,14 +146,14 @@ class TrainConfig:
             if value not in choices:
                 close = difflib.get_close_matches(str(value), choices, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
         self._check_numbers()
         self._check_budget()
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
+            raise ConfigError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
         entry = get_dataset(self.dataset)  # an unknown name fails here, with the close ones
         if self.weight_map and entry.weight_map_class is None:
-            raise ValueError(
+            raise ConfigError(
                 f"weight_map=True is the paper's border weight between touching objects; dataset "
                 f"{entry.name!r} names no object class for it (ISBI does; a dataset file can, with "
                 "weight_map_class)"
@@ -169,28 +174,28 @@ class TrainConfig:
             if not isinstance(value, kinds[kind]) or (kind != "bool" and isinstance(value, bool)):
                 none = " or null" if declared.endswith(" | None") else ""
                 wanted = "a whole number" if kind == "int" else f"a {kind}"
-                raise ValueError(f"{f.name}={value!r}: expected {wanted}{none} (--set {f.name}=VALUE)")
+                raise ConfigError(f"{f.name}={value!r}: expected {wanted}{none} (--set {f.name}=VALUE)")
         for name, (low, high) in self.RANGES.items():
             value = getattr(self, name)
             if value is not None and not (low <= value and (high is None or value < high)):
                 upper = f" and below {high}" if high is not None else ""
-                raise ValueError(f"{name}={value!r} must be at least {low}{upper}")
+                raise ConfigError(f"{name}={value!r} must be at least {low}{upper}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
+            raise ConfigError(f"val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
         if self.fold >= self.folds:
-            raise ValueError(f"fold={self.fold!r} must be below folds={self.folds!r} (folds count from 0)")
+            raise ConfigError(f"fold={self.fold!r} must be below folds={self.folds!r} (folds count from 0)")
 
     def _check_budget(self) -> None:
         images, seconds = self.budget_images, self.budget_seconds
         if images is not None and seconds is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"budget_images={images!r} and budget_seconds={seconds!r} are both set; a run has one "
                 "budget: keep one of them (epochs stays the maximum either way)"
             )
         if images is not None:
             step_images = self.batch_size * self.accumulate
             if isinstance(images, bool) or not isinstance(images, int) or images < step_images:
-                raise ValueError(
+                raise ConfigError(
                     f"budget_images={images!r} must be a whole number of training crops, at least one "
                     f"optimiser step's {step_images} (batch_size={self.batch_size} x "
                     f"accumulate={self.accumulate}); raise it, or use None for no budget"
@@ -198,7 +203,7 @@ class TrainConfig:
         if seconds is not None and (
             isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
         ):
-            raise ValueError(f"budget_seconds={seconds!r} must be > 0 (or None: no time budget)")
+            raise ConfigError(f"budget_seconds={seconds!r} must be > 0 (or None: no time budget)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -211,7 +216,7 @@ class TrainConfig:
                 for k in unknown
                 if (m := difflib.get_close_matches(k, known, 1))
             ]
-            raise TypeError(
+            raise UnknownConfigKeyError(
                 f"unknown config key(s) {unknown}. {' '.join(hints)} Known keys: {', '.join(sorted(known))}"
             )
         return cls(**data)

@@ -25,6 +25,7 @@ from typing import Any
 import tomllib
 
 from zoo.data.registry import get_dataset, list_datasets
+from zoo.errors import ConfigError, ZooError
 from zoo.harness.config import TrainConfig
 
 __all__ = ["RECIPES_FILE", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes", "resolve_recipe"]
@@ -34,7 +35,7 @@ ANY_DATASET = "*"
 _META = ("description", "models", "dataset", "reference")
 
 
-class UnknownRecipeError(ValueError):
+class UnknownRecipeError(ZooError, ValueError):
     """No recipe of that name; the message lists the close and the known ones."""
 
 
@@ -77,16 +78,16 @@ def _parse(name: str, table: Mapping[str, Any], origin: str) -> Recipe:
     unknown = sorted(set(fields) - known)
     if unknown:
         hints = [f"{k!r} -> {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, known, 1))]
-        raise ValueError(
+        raise ConfigError(
             f"{origin}: recipe {name!r} has unknown field(s) {unknown} {' '.join(hints)}; recipe fields are "
             f"{', '.join(_META)} and the TrainConfig fields {', '.join(sorted(known))}"
         )
     missing = [k for k in ("description", "models", "dataset") if k not in table]
     if missing:
-        raise ValueError(f"{origin}: recipe {name!r} lacks {', '.join(missing)}")
+        raise ConfigError(f"{origin}: recipe {name!r} lacks {', '.join(missing)}")
     models = table["models"]
     if isinstance(models, str) or not models:
-        raise ValueError(f"{origin}: recipe {name!r}: models must be a non-empty list of registry patterns")
+        raise ConfigError(f"{origin}: recipe {name!r}: models must be a non-empty list of registry patterns")
     return Recipe(
         name, table["description"], tuple(models), table["dataset"], fields, table.get("reference", "")
     )
@@ -135,9 +136,9 @@ def resolve_recipe(recipe: str | Recipe, fields: Mapping[str, Any]) -> TrainConf
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
     dataset = fields.get("dataset") or r.dataset
     if dataset == ANY_DATASET:
-        raise ValueError(f"recipe {r.name!r} is made for any dataset: name one with --dataset (or a my.toml)")
+        raise ConfigError(f"recipe {r.name!r} is made for any dataset: name one with --dataset (or a my.toml)")
     if not r.fits(dataset):
-        raise ValueError(
+        raise ConfigError(
             f"recipe {r.name!r} is made for dataset {r.dataset!r}, not {dataset!r}; pick a recipe for "
             f"{dataset!r} (`unet-zoo recipes`) or set the fields yourself with --set"
         )

@@ -15,12 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.errors import ZooError
+
 __all__ = ["InputSizeError", "SegmentationModel", "checkpoint_segment"]
 
 SizeT = TypeVar("SizeT", int, tuple[int, int])
 
 
-class InputSizeError(ValueError):
+class InputSizeError(ZooError, ValueError):
     """An input whose height or width the model cannot take; the message gives the nearest that works."""
 
 

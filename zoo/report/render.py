@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from PIL import Image
 
+from zoo.errors import ZooError
 from zoo.metrics import PAPER_FIGURES, REDUCTION, split_class_key
 from zoo.report.leaderboard import (
     CONVERGED_WITHIN,
@@ -51,7 +52,7 @@ MARKER = "report.json"
 REPORT_FILES = ("leaderboard.md", "leaderboard.html", "leaderboard.csv", MARKER)
 
 
-class ReportFolderError(ValueError):
+class ReportFolderError(ZooError, ValueError):
     """The output folder holds another experiment's report (or a report of unknown origin)."""
 
 
