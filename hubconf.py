@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from zoo.registry import create_model as _create_model
+from zoo.factory import create_model as _create_model
 from zoo.registry import get_entry as _get_entry
 from zoo.registry import list_models as _list_models
 

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.factory import create_model
 from zoo.harness.config import TrainConfig
 from zoo.models.base import SegmentationModel
-from zoo.registry import create_model, get_entry
+from zoo.registry import get_entry
 
 TINY_RUN: dict[str, Any] = {
     "model": "unet_bn",

@@ -7,8 +7,9 @@ from torch import nn
 
 import zoo
 from zoo import registry
+from zoo.factory import create_model, model_info
 from zoo.models import UNet
-from zoo.registry import build_model, create_model, list_models, model_info, register_model
+from zoo.registry import build_model, list_models, register_model
 
 EXPECTED = {
     "unet",

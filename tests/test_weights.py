@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from zoo import create_model
+from zoo.factory import build_model_with, load_entry
 from zoo.harness import Tracker, TrainConfig, train
 from zoo.harness.publish import DataUnavailableError, publish_run, reproduce_metrics
 from zoo.harness.recipes import resolve_recipe
@@ -31,11 +32,9 @@ from zoo.weights import (
     WeightsEntry,
     WeightsError,
     WeightsMismatchError,
-    build_model_with,
     cache_dir,
     fetch,
     find_weights,
-    load_entry,
     load_manifest,
     read_weights,
     save_weights,

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoo.registry import UnknownModelError, list_models, model_info
+from zoo.factory import model_info
+from zoo.registry import UnknownModelError, list_models
 from zoo.weights import WeightsError
 
 if TYPE_CHECKING:

@@ -33,10 +33,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from zoo.factory import create_model
 from zoo.models.base import SegmentationModel
 from zoo.models.smp_unets import ARCHITECTURES, SmpUNet
 from zoo.models.unet import UNet
-from zoo.registry import accepted_overrides, create_model, get_entry, list_models
+from zoo.registry import accepted_overrides, get_entry, list_models
 
 __all__ = [
     "MILESIAL_DEFAULT_MASK_VALUES",

@@ -619,7 +619,8 @@ def run(args: argparse.Namespace) -> int:
     """``unet-zoo predict``: 0 when every input was predicted, 1 when some failed, 2 for a bad model."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from zoo.registry import UnknownModelError, create_model
+    from zoo.factory import create_model
+    from zoo.registry import UnknownModelError
     from zoo.weights import WeightsError, read_metadata
 
     try:

@@ -20,23 +20,28 @@ import torch
 from zoo.data import DataError, SegmentationDataset
 from zoo.data.datasets import Selection
 from zoo.data.registry import DatasetEntry, get_dataset
+from zoo.errors import ZooError
+from zoo.factory import load_entry, model_from_state
 from zoo.harness.tracking import quality_keys
 from zoo.weights import (
     TrainingScale,
     WeightsEntry,
     check_tag,
     file_sha256,
-    load_entry,
     load_manifest,
-    model_from_state,
     read_weights,
     save_weights,
     write_manifest,
 )
 
-__all__ = ["find_run", "publish_run", "reproduce_metrics"]
+__all__ = ["DataUnavailableError", "PublishError", "find_run", "publish_run", "reproduce_metrics"]
 
 log = logging.getLogger(__name__)
+
+
+class PublishError(ZooError, ValueError):
+    """A run that cannot be published: an unknown or ambiguous id, an unfinished or incomplete run, or
+    an entry that exists already; the message says which and what to do."""
 
 
 def find_run(client: Any, run_id: str) -> Any:
@@ -49,7 +54,7 @@ def find_run(client: Any, run_id: str) -> Any:
         except MlflowException:
             pass
     if len(run_id) < 8:
-        raise ValueError(f"run id {run_id!r} is too short; give at least 8 characters of it")
+        raise PublishError(f"run id {run_id!r} is too short; give at least 8 characters of it")
     experiments = [e.experiment_id for e in client.search_experiments()]
     matches = [
         r
@@ -58,7 +63,7 @@ def find_run(client: Any, run_id: str) -> Any:
     ]
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
-        raise ValueError(f"{found} with an id starting {run_id!r} in {client.tracking_uri}")
+        raise PublishError(f"{found} with an id starting {run_id!r} in {client.tracking_uri}")
     return matches[0]
 
 
@@ -84,7 +89,7 @@ def publish_run(
         overwrite: replace an existing entry of the same name.
 
     Raises:
-        ValueError: an unknown, unfinished or incomplete run, or an entry that exists already.
+        PublishError: an unknown, unfinished or incomplete run, or an entry that exists already.
     """
     from mlflow.tracking import MlflowClient
 
@@ -92,14 +97,14 @@ def publish_run(
     run = find_run(client, run_id)
     name = run.info.run_name or run.info.run_id
     if run.info.status != "FINISHED":
-        raise ValueError(f"run {name} ({run.info.run_id}) is {run.info.status}; only finished runs publish")
+        raise PublishError(f"run {name} ({run.info.run_id}) is {run.info.status}; only finished runs publish")
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     data = get_dataset(params["cfg.dataset"])
     dataset = data.name
     keys = quality_keys(isbi=data.isbi, class_names=data.class_names)
     quality = {k: metrics[k] for k in keys if k in metrics}
     if "dice" not in quality:
-        raise ValueError(f"run {name} has no final metrics (dice); it did not complete")
+        raise PublishError(f"run {name} has no final metrics (dice); it did not complete")
     suite = tags.get("suite", "")
     tag = tag or f"{dataset}-{suite or 'run'}-s{params.get('cfg.seed', '0')}"
     check_tag(tag, "--tag")  # before anything is written: the tag names the file
@@ -107,7 +112,7 @@ def publish_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(manifest) if manifest is not None else out_dir / "manifest.json"
     if url_base is None and manifest_path.resolve().parent != out_dir.resolve():
-        raise ValueError(
+        raise PublishError(
             f"a packaged file lives beside its manifest: put the manifest in {out_dir} or give --url-base"
         )
     existing = load_manifest([manifest_path]) if manifest_path.is_file() else []
@@ -121,11 +126,13 @@ def publish_run(
     model_name = meta["model_name"]
     model_args = json.loads(meta["model_args"])
     if json.loads(meta.get("metrics", "{}")).get("dice") != quality["dice"]:
-        raise ValueError(f"run {name}: the weights artifact's metrics differ from the run's; not publishing")
+        raise PublishError(
+            f"run {name}: the weights artifact's metrics differ from the run's; not publishing"
+        )
     in_ch, classes = data.in_channels, data.num_classes
     file_name = f"{model_name}.{tag}.safetensors"
     if any(e.name == f"{model_name}.{tag}" for e in existing) and not overwrite:
-        raise ValueError(
+        raise PublishError(
             f"{manifest_path} already has {model_name}.{tag}; choose another --tag or --overwrite"
         )
 
@@ -217,7 +224,7 @@ def _training_cost(client: Any, run: Any) -> dict[str, Any]:
 
 
 class DataUnavailableError(DataError):
-    """The data an entry names is not on this machine (tests skip on it)."""
+    """The data an entry names is not on this machine (tests skip on it). A ZooError, as DataError is."""
 
 
 def _registry_entry(entry: WeightsEntry) -> DatasetEntry:
@@ -258,21 +265,18 @@ def reproduce_metrics(
         DataUnavailableError: the dataset or some of its images are not under ``data_root``.
     """
     from zoo.harness.evaluate import evaluate
+    from zoo.runtime import Precision
+    from zoo.tiling import TiledInferer
 
     ds, indices = _entry_dataset(entry, data_root)
     if model is None:
         model = load_entry(entry)
     dtype_name = entry.evaluation.get("dtype", "float32")
-    dtype = None if dtype_name == "float32" else getattr(torch, dtype_name)
-    channels_last = bool(entry.evaluation.get("channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return evaluate(
-        model,  # type: ignore[arg-type]
-        ds,
-        indices,
-        isbi=bool(entry.evaluation.get("isbi", False)),
-        batch_size=int(entry.evaluation.get("batch_size", 4)),
-        autocast_dtype=dtype,
-        channels_last=channels_last,
+    precision = Precision(
+        autocast_dtype=None if dtype_name == "float32" else getattr(torch, dtype_name),
+        channels_last=bool(entry.evaluation.get("channels_last", False)),
     )
+    precision.model(model)
+    inferer = TiledInferer(batch_size=int(entry.evaluation.get("batch_size", 4)), precision=precision)
+    isbi = bool(entry.evaluation.get("isbi", False))
+    return evaluate(model, ds, indices, inferer=inferer, isbi=isbi)  # type: ignore[arg-type]

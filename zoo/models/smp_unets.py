@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
 
+from zoo.errors import ZooError
 from zoo.models.base import SegmentationModel
 from zoo.registry import build_model, register_model
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus}
 
 
-class EncoderWeightsUnavailableError(RuntimeError):
+class EncoderWeightsUnavailableError(ZooError, RuntimeError):
     """Pretrained encoder weights were asked for and could not be obtained."""
 
 
