@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -19,6 +20,7 @@ import torch
 from safetensors import safe_open
 
 from zoo import create_model
+from zoo.errors import ConfigError
 from zoo.factory import build_model_with, load_entry
 from zoo.harness import Tracker, TrainConfig, train
 from zoo.harness.publish import DataUnavailableError, publish_run, reproduce_metrics
@@ -182,6 +184,7 @@ class _Server:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.sent: dict[str, int] = {}  # bytes of the body written (or being written), by path
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -216,6 +219,17 @@ class _Server:
                     self.wfile.write(PAYLOAD[:65536])
                     self.wfile.flush()
                     server.release.wait(30)
+                elif kind == "trickle":  # never silent for long, never getting anywhere: a byte per 50 ms
+                    self._head(200, len(PAYLOAD))
+                    for i in range(len(PAYLOAD)):
+                        server.sent[self.path] = i + 1  # before the write: the client may count it first
+                        try:
+                            self.wfile.write(PAYLOAD[i : i + 1])
+                            self.wfile.flush()
+                        except OSError:
+                            return  # the client gave up
+                        if server.release.wait(0.05):
+                            return
                 elif kind == "mute":  # accepts the connection, never answers
                     server.release.wait(30)
                 elif kind == "missing":
@@ -264,7 +278,7 @@ def test_a_good_download_is_verified_and_cached(server: _Server, tmp_path: Path)
         ("short", ChecksumError, "got 524288 bytes .* expected 1048576"),
         ("missing", DownloadError, "HTTP 404"),
         ("broken", DownloadError, "HTTP 500"),
-        ("stall", DownloadError, "stalled"),
+        ("stall", DownloadError, r"stalled \(no data for 0.5 s after 65536 of 1048576 bytes\)"),
         ("mute", DownloadError, "did not answer within 0.5 s"),
     ],
 )
@@ -275,6 +289,38 @@ def test_a_bad_download_leaves_nothing_in_the_cache(
     with pytest.raises(error, match=message):
         fetch(entry, cache=tmp_path, timeout=0.5)
     assert _cache_files(tmp_path) == []  # no partial file, no temporary file
+
+
+def test_a_trickling_download_is_stopped_by_the_rate_floor(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a byte every 50 ms is never 0.5 s of silence: only the floor on the average rate ends it
+    monkeypatch.setenv("UNET_ZOO_MIN_RATE", "1000")
+    monkeypatch.setenv("UNET_ZOO_RATE_WINDOW", "0.5")
+    entry = _entry(PAYLOAD, url=f"{server.base}/trickle/m.t.safetensors")
+    too_slow = r"too slow: \d+ bytes/s over the last 0.5 s, under the floor of 1000 bytes/s"
+    with pytest.raises(DownloadError, match=too_slow):
+        fetch(entry, cache=tmp_path, timeout=0.5)
+    assert _cache_files(tmp_path) == []
+    monkeypatch.delenv("UNET_ZOO_MIN_RATE")
+    monkeypatch.delenv("UNET_ZOO_RATE_WINDOW")
+    again = dataclasses.replace(entry, url=f"{server.base}/trickle/again/m.t.safetensors")
+    with pytest.raises(DownloadError, match=too_slow) as info:  # the same floor, given as arguments
+        fetch(again, cache=tmp_path, timeout=0.5, min_rate=1000, rate_window=0.5)
+    got = re.search(r"after (\d+) of 1048576 bytes", str(info.value))
+    assert got is not None, info.value
+    assert 0 < int(got[1]) <= server.sent["/trickle/again/m.t.safetensors"]  # what did arrive, counted
+    assert _cache_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("env", "value"), [("UNET_ZOO_MIN_RATE", "fast"), ("UNET_ZOO_RATE_WINDOW", "0")])
+def test_a_bad_rate_setting_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=rf"{env}='{value}' is not a finite number"):
+        fetch(_entry(PAYLOAD, url="http://127.0.0.1:1/m.t.safetensors"), cache=tmp_path)
+    assert _cache_files(tmp_path) == []
 
 
 def test_a_killed_download_leaves_only_a_temporary_file_that_is_later_removed(
