@@ -18,9 +18,11 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from zoo import create_model
+from zoo.errors import ZooError
 from zoo.interop import (
     MILESIAL_DEFAULT_MASK_VALUES,
     CheckpointImportError,
+    CheckpointNotFoundError,
     import_checkpoint,
     import_milesial,
     import_smp,
@@ -397,8 +399,13 @@ def test_dispatch_refuses_a_bare_safetensors_file_and_a_missing_path(tmp_path: P
     shutil.copy(folder / "model.safetensors", tmp_path / "weights.safetensors")
     with pytest.raises(CheckpointImportError, match="pass the folder holding both"):
         import_checkpoint(tmp_path / "weights.safetensors")
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder") as missing:
         import_checkpoint(tmp_path / "absent.pth")
+    # the CLI reports ZooErrors in one line; callers catching the built-in types keep working
+    assert isinstance(missing.value, CheckpointNotFoundError) and isinstance(missing.value, ZooError)
+    with pytest.raises(CheckpointImportError) as bad:
+        import_checkpoint(tmp_path / "weights.safetensors")
+    assert isinstance(bad.value, ValueError) and isinstance(bad.value, ZooError)
 
 
 def test_cli_import_writes_a_zoo_file_that_loads_by_path(

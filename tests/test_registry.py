@@ -7,9 +7,13 @@ from torch import nn
 
 import zoo
 from zoo import registry
+from zoo.errors import ConfigError, ZooError
 from zoo.factory import create_model, model_info
-from zoo.models import UNet
-from zoo.registry import build_model, list_models, register_model
+from zoo.harness.publish import DataUnavailableError, PublishError
+from zoo.interop import CheckpointImportError, CheckpointNotFoundError
+from zoo.models import EncoderWeightsUnavailableError, UNet
+from zoo.registry import ModelArgumentError, UnknownModelError, build_model, list_models, register_model
+from zoo.weights import ChecksumError, DownloadError, OfflineError, WeightsError, WeightsMismatchError
 
 EXPECTED = {
     "unet",
@@ -45,7 +49,7 @@ def test_list_models_filters_with_shell_wildcards() -> None:
 
 def test_registering_a_name_twice_raises(scratch_registry: None) -> None:
     with pytest.raises(
-        ValueError, match=r"model name 'unet' is already registered \(by zoo\.models\.unet\.unet\)"
+        ConfigError, match=r"model name 'unet' is already registered \(by zoo\.models\.unet\.unet\)"
     ):
 
         @register_model
@@ -72,13 +76,15 @@ def test_unknown_name_suggests_the_closest_names() -> None:
         zoo.UnknownModelError, match=r"unknown model 'unet_bm'; did you mean 'unet_bn'"
     ) as info:
         create_model("unet_bm", in_channels=1, num_classes=2)
-    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ZooError)
+    assert str(info.value).startswith("unknown model 'unet_bm'")  # not quoted, as KeyError would
     assert "registered models: attention_unet, unet," in str(info.value)
 
 
 def test_unknown_override_is_a_type_error_listing_the_accepted_ones() -> None:
     with pytest.raises(TypeError) as info:
         create_model("unet", in_channels=1, num_classes=2, base_channel=8)
+    assert isinstance(info.value, ModelArgumentError) and isinstance(info.value, ZooError)
     msg = str(info.value)
     assert "unet: unknown override(s) ['base_channel']" in msg
     assert "did you mean 'base_channels'?" in msg
@@ -136,3 +142,39 @@ def test_model_info_describes_without_building_weights() -> None:
     assert (bn.padding, bn.input_size, bn.output_size, bn.input_multiple) == ("same", 333, 333, 1)
     pp = model_info("unetpp_resnet34", input_size=333)
     assert (pp.input_size, pp.input_multiple) == (320, 32)  # replaced by the nearest accepted size
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (UnknownModelError, KeyError),
+        (ModelArgumentError, TypeError),
+        (WeightsError, RuntimeError),
+        (ChecksumError, RuntimeError),
+        (DownloadError, RuntimeError),
+        (OfflineError, RuntimeError),
+        (WeightsMismatchError, ValueError),
+        (CheckpointImportError, ValueError),
+        (CheckpointNotFoundError, FileNotFoundError),
+        (PublishError, ValueError),
+        (DataUnavailableError, ValueError),
+        (EncoderWeightsUnavailableError, RuntimeError),
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_errors_a_user_can_fix_are_zoo_errors_keeping_their_builtin_base(
+    error: type[Exception], builtin: type[Exception]
+) -> None:
+    # the CLI prints a ZooError in one line; library callers may still catch the built-in type
+    assert issubclass(error, ZooError) and issubclass(error, builtin)
+
+
+def test_weights_that_do_not_fit_are_a_zoo_error_from_create_model() -> None:
+    with pytest.raises(WeightsMismatchError, match="no weights with tag 'nope' for model 'unet_bn'") as info:
+        create_model("unet_bn", weights="nope")
+    assert isinstance(info.value, ZooError) and isinstance(info.value, ValueError)
+
+
+def test_zoo_still_exports_the_factory_and_the_registry() -> None:
+    assert zoo.create_model is create_model and zoo.model_info is model_info
+    assert zoo.list_models is list_models and zoo.UnknownModelError is UnknownModelError

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from zoo.errors import ZooError
 from zoo.factory import create_model
 from zoo.models.base import SegmentationModel
 from zoo.models.smp_unets import ARCHITECTURES, SmpUNet
@@ -42,6 +43,7 @@ from zoo.registry import accepted_overrides, get_entry, list_models
 __all__ = [
     "MILESIAL_DEFAULT_MASK_VALUES",
     "CheckpointImportError",
+    "CheckpointNotFoundError",
     "import_checkpoint",
     "import_milesial",
     "import_smp",
@@ -61,8 +63,13 @@ _FORMATS = (
 )
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(ZooError, ValueError):
     """A checkpoint that cannot be imported; the message names the file, says why and what to do."""
+
+
+class CheckpointNotFoundError(ZooError, FileNotFoundError):
+    """The checkpoint file or folder, or a file an smp folder needs, is not there. Subclasses
+    FileNotFoundError (not CheckpointImportError: a class cannot be both a ValueError and an OSError)."""
 
 
 # -- dispatch -----------------------------------------------------------------------------------------
@@ -73,7 +80,7 @@ def import_checkpoint(source: str | Path) -> SegmentationModel:
     (:func:`import_smp`); a file as a milesial/Pytorch-UNet checkpoint (:func:`import_milesial`).
 
     Raises:
-        FileNotFoundError: ``source`` does not exist.
+        CheckpointNotFoundError: ``source`` does not exist (a FileNotFoundError).
         CheckpointImportError: a folder without ``config.json``, a safetensors file, or anything the
             chosen reader rejects.
     """
@@ -86,7 +93,7 @@ def import_checkpoint(source: str | Path) -> SegmentationModel:
             f"save_pretrained folder; importable are {_FORMATS}"
         )
     if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such file or folder; importable are {_FORMATS}")
+        raise CheckpointNotFoundError(f"{source}: no such file or folder; importable are {_FORMATS}")
     if _is_safetensors(source):
         raise CheckpointImportError(
             f"{source} is a safetensors file, which holds tensors without the model that owns them. "
@@ -124,7 +131,7 @@ def import_milesial(path: str | Path) -> UNet:
     Python containers only, never code. The model is returned in eval mode.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        CheckpointNotFoundError: ``path`` does not exist (a FileNotFoundError).
         CheckpointImportError: a truncated or corrupt file, a pickle that needs code to load, or a file
             that is not a milesial checkpoint (naming the missing and unexpected keys).
     """
@@ -174,7 +181,7 @@ def _load_tensors_only(path: Path) -> dict[str, Any]:
             "save_pretrained folder use import_smp or import_checkpoint)"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise CheckpointNotFoundError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -286,13 +293,14 @@ def import_smp(folder: str | Path) -> SmpUNet:
     Returns the model in eval mode: ``(B, in_channels, H, W) -> (B, classes, H, W)`` logits.
 
     Raises:
-        FileNotFoundError: the folder, its ``config.json`` or its ``model.safetensors`` is missing.
+        CheckpointNotFoundError: the folder, its ``config.json`` or its ``model.safetensors`` is missing
+            (a FileNotFoundError).
         CheckpointImportError: an unreadable file, an smp class or encoder no zoo name covers (listing
             those that are), an argument the zoo's wrapper cannot represent, or weights that do not fit.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"{folder}: no such folder; model.save_pretrained(folder) in segmentation-models-pytorch "
             f"writes {SMP_CONFIG} and {SMP_WEIGHTS} into one"
         )
@@ -309,7 +317,7 @@ def import_smp(folder: str | Path) -> SmpUNet:
                     "This folder has the older pickled pytorch_model.bin: re-save it with a current smp, "
                     "smp.from_pretrained(folder).save_pretrained(new_folder), and import the new folder"
                 )
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f"{folder} has no {needed.name}; an smp save_pretrained folder holds {SMP_CONFIG} and "
                 f"{SMP_WEIGHTS} (found: {_some(found)}). {fix}"
             )
