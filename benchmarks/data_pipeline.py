@@ -14,8 +14,6 @@ Real ISBI slices are used when the data root has them, else a synthetic twin.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -24,15 +22,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import autocast, benchmark_parser, save_results
 
 from zoo import create_model
 from zoo.data import ISBI2012Dataset
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, make_loader, unit_float
 from zoo.data.synthetic import write_em_twin
-from zoo.machine import describe_machine, write_results
-
-RESULTS = Path(__file__).parent / "results"
+from zoo.machine import describe_machine
 
 
 def images_per_second(step: Callable[[], int], *, warmup: int, seconds: float) -> tuple[float, int]:
@@ -69,11 +66,11 @@ def train_step_fn(size: int, batch: int, *, bf16: bool) -> Callable[[], int]:
     if bf16:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch, size, size))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    dtype = torch.bfloat16 if bf16 else None
 
     def step() -> int:
         opt.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast("cpu", dtype):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
@@ -83,14 +80,10 @@ def train_step_fn(size: int, batch: int, *, bf16: bool) -> Callable[[], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser = benchmark_parser(__doc__, data_root=True)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long each rate is measured")
     args = parser.parse_args(argv)
 
     isbi = Path(args.data_root) / "isbi2012"
@@ -122,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["pipeline_images_per_s"] / results["train_unet_bn_bf16_channels_last_images_per_s"]  # type: ignore[operator]
     results["pipeline_over_training"] = round(ratio, 2)
     results["pipeline_is_faster"] = ratio > 1
-    out = write_results("data_pipeline", results, args.out)
-    print(f"pipeline / training = {ratio:.1f}x; written {out}")
+    print(f"pipeline / training = {ratio:.1f}x")
+    save_results("data_pipeline", results, args.out)
     return 0 if ratio > 1 else 1
 
 

@@ -38,13 +38,10 @@ and the operators are written into the results' "why". Writes
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,50 +49,33 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import (
+    autocast,
+    benchmark_parser,
+    median_seconds,
+    parse_device,
+    repeats_and_warmup,
+    save_results,
+)
 from torch import nn
 
 from zoo import create_model
 from zoo.cost import count_flops
 from zoo.data import ISBI2012Dataset
 from zoo.data.registry import get_dataset
-from zoo.machine import describe_machine, write_results
+from zoo.harness.throughput import synchronize, time_call
+from zoo.machine import describe_machine
 from zoo.metrics import dice_iou_per_image
 from zoo.models.base import SegmentationModel
 from zoo.tiling import predict_logits
 from zoo.weights import find_weights
 
-RESULTS = Path(__file__).parent / "results"
 INFERENCE_TARGET = 2.8
 TRAINING_TARGET = 2.5
 MAX_DICE_CHANGE = 0.002
 
 
-# -- shared by benchmarks/peers.py --------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` after ``warmup`` calls (oneDNN and cuDNN pick kernels on first use)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None, *, cache: bool = True) -> Any:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
-
-
+# -- shared by benchmarks/peers.py and unet572_throughput.py -----------------------------------------
 def inference_fn(
     model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, device: torch.device
 ) -> Callable[[], object]:
@@ -239,31 +219,29 @@ def measure_path(
     dtype = torch.bfloat16 if path.bf16 else None
     model = apply_layout(build().to(device).train(training), path)
     xin = as_input(x, path)
+
+    def workload(m: nn.Module) -> Callable[[], object]:
+        if not training:
+            return inference_fn(m, xin, dtype, device)
+        if y is None:
+            raise ValueError("a training workload needs its targets: give y")
+        return training_fn(m, xin, y, dtype, device)
+
     row: dict[str, Any] = {}
     if path.compile:
         try:
-            model = torch.compile(model)  # type: ignore[assignment]
-            fn = (
-                training_fn(model, xin, y, dtype, device)
-                if training
-                else inference_fn(model, xin, dtype, device)
-            )
-            synchronize(device)
-            start = time.perf_counter()
-            fn()  # the first call compiles
-            synchronize(device)
-            row["compile_seconds"] = round(time.perf_counter() - start, 1)
+            fn = workload(torch.compile(model))  # type: ignore[arg-type]
+            (first,) = time_call(fn, warmup=0, repeats=1, device=device)  # the first call compiles
+            row["compile_seconds"] = round(first, 1)
         except Exception as err:  # recorded in the results, not hidden: compile support varies by machine
             message = f"{type(err).__name__}: {err}"[:500]
             print(f"  {path.name}: torch.compile failed here: {message}", flush=True)
             return {"skipped": f"torch.compile failed: {message}"}, None
     elif path.cuda_graphs:
         fn = cuda_graph_inference(model, xin, dtype, device)
-    elif training:
-        fn = training_fn(model, xin, y, dtype, device)
     else:
-        fn = inference_fn(model, xin, dtype, device)
-    with cudnn_benchmark(path.cudnn_benchmark) if device.type == "cuda" else contextlib.nullcontext():
+        fn = workload(model)
+    with cudnn_benchmark(path.cudnn_benchmark):
         row["seconds"] = round(median_seconds(fn, device, repeats=repeats, warmup=warmup), 4)
     return row, fn
 
@@ -289,7 +267,7 @@ def predicted_masks(
     if path.compile:
         model.compile()  # in place: predict_logits needs the zoo model's attributes
     images = torch.stack([ds[i][0] for i in indices])
-    with cudnn_benchmark(path.cudnn_benchmark) if device.type == "cuda" else contextlib.nullcontext():
+    with cudnn_benchmark(path.cudnn_benchmark):
         logits = predict_logits(
             model,
             images,
@@ -370,29 +348,22 @@ def fastest(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = benchmark_parser(
+        __doc__,
+        device="cpu",
+        data_root=True,
+        repeats=5,
+        warmup=2,
+        quick="width 8, small inputs, two validation slices, one repeat",
     )
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train-crop", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile path")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="width 8, small inputs, two validation slices, one repeat: checks the script, not speed",
-    )
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    device = parse_device(parser, args.device)
     width = 8 if args.quick else 64
-    repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = repeats_and_warmup(args)
     paths = [p for p in PATHS if not (p.compile and args.skip_compile)]
 
     def build(name: str) -> SegmentationModel:  # same seed, same weights on every path
@@ -531,9 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "machine": describe_machine(device),
     }
-    out = write_results(f"fast_paths{'-quick' if args.quick else ''}", results, args.out, device=device)
     print(json.dumps({k: v["passed"] for k, v in checks.items()}))
-    print(f"written {out}")
+    save_results("fast_paths", results, args.out, quick=args.quick, device=device)
     return 0 if args.quick or all(v["passed"] is not False for v in checks.values()) else 1
 
 

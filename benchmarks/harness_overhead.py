@@ -14,21 +14,19 @@ Writes ``benchmarks/results/harness_overhead-<machine>.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
-import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import autocast, benchmark_parser, save_results
 
 from zoo import create_model
 from zoo.harness import Tracker, TrainConfig, train
+from zoo.harness.throughput import time_call
 from zoo.harness.training import resolve_amp, resolve_device
-from zoo.machine import describe_machine, write_results
+from zoo.machine import describe_machine
 
 
 def bare_seconds_per_step(
@@ -57,33 +55,26 @@ def bare_seconds_per_step(
     if dtype is not None:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch, out_side, out_side)).to(device)
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with ctx:
+        with autocast(device, dtype):
             logits = model(x)
         F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
-    def sync() -> None:  # a GPU runs ahead of the clock: wait for its queue before reading it
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def steps_in_a_row() -> None:  # as the harness runs them: no wait for the device between steps
+        for _ in range(steps):
+            step()
 
     for _ in range(3):
         step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - start) / steps
+    (seconds,) = time_call(steps_in_a_row, warmup=0, repeats=1, device=device)
+    return seconds / steps
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__, device="auto")
     parser.add_argument("--model", default="unet_bn")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--crop", type=int, default=192)
@@ -91,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--amp", default="auto")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
 
@@ -148,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "machine": describe_machine(device),
     }
-    out = write_results("harness_overhead", results, args.out, device=device)
     print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
-    print(f"written {out}")
+    save_results("harness_overhead", results, args.out, device=device)
     return 0 if overhead <= 0.10 else 1
 
 

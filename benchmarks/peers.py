@@ -30,27 +30,26 @@ operators by self time) and the operators go into the "why". Writes
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import monai
 import segmentation_models_pytorch as smp
 import torch
-from fast_paths import inference_fn, synchronize, top_operators, training_fn, why_text
+from _common import benchmark_parser, parse_device, repeats_and_warmup, save_results
+from fast_paths import inference_fn, top_operators, training_fn, why_text
 from monai.networks.nets import AttentionUnet, BasicUNet
 from torch import nn
 
 from zoo import create_model
 from zoo.cost import count_flops, count_parameters
-from zoo.machine import describe_machine, write_results
+from zoo.harness.throughput import time_call
+from zoo.machine import describe_machine
 
-RESULTS = Path(__file__).parent / "results"
 MIN_RATIO = 1.1
 IN_CHANNELS = 3
 NUM_CLASSES = 2
@@ -136,11 +135,7 @@ def alternate(
     times: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(repeats):
         for side, fn in enumerate((zoo_fn, peer_fn)):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[side].append(time.perf_counter() - start)
+            times[side] += time_call(fn, warmup=0, repeats=1, device=device)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -188,28 +183,17 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = benchmark_parser(
+        __doc__, device="cpu", repeats=5, warmup=2, quick="width 8, 64x64, batch 2, one repeat"
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
         "--width", type=int, default=32, help="the zoo models' base_channels (a multiple of 8)"
     )
     parser.add_argument("--size", type=int, default=256, help="square input side (a multiple of 32)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="width 8, 64x64, batch 2, one repeat: checks the script, not speed",
-    )
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    device = parse_device(parser, args.device)
     if args.size % 32:
         parser.error(
             f"--size {args.size}: the resnet34 encoder needs a multiple of 32, e.g. {args.size // 32 * 32}"
@@ -217,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.width % 8:
         parser.error(f"--width {args.width}: use a multiple of 8, e.g. {max(8, args.width // 8 * 8)}")
     width, size, batch = (8, 64, 2) if args.quick else (args.width, args.size, args.batch)
-    repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = repeats_and_warmup(args)
     shape = (batch, IN_CHANNELS, size, size)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(*shape, generator=gen).to(device)
@@ -231,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         ("unet_resnet34", "smp.Unet(resnet34)", smp_unet, (), False),
     ):
         base = width if target else None
-        zoo_flops = meta_flops(lambda n=zoo_name, b=base: zoo_model(n, b), shape)
+        zoo_flops = meta_flops(functools.partial(zoo_model, zoo_name, base), shape)
         if target:
             channels, peer_flops = matched_peer(peer_build, start, zoo_flops, shape)
         else:
-            channels, peer_flops = start, meta_flops(lambda b=peer_build: b(()), shape)
+            channels, peer_flops = start, meta_flops(functools.partial(peer_build, ()), shape)
         torch.manual_seed(0)
         params = (count_parameters(zoo_model(zoo_name, base)), count_parameters(peer_build(channels)))
         print(
@@ -244,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         rows = measure_pair(
-            lambda n=zoo_name, b=base: zoo_model(n, b),
-            lambda b=peer_build, c=channels: b(c),
+            functools.partial(zoo_model, zoo_name, base),
+            functools.partial(peer_build, channels),
             x=x,
             y=y,
             device=device,
@@ -306,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "machine": describe_machine(device),
     }
-    out = write_results(f"peers{'-quick' if args.quick else ''}", results, args.out, device=device)
     print(json.dumps(checks))
-    print(f"written {out}")
+    save_results("peers", results, args.out, quick=args.quick, device=device)
     return 0 if args.quick or all(checks.values()) else 1
 
 

@@ -13,7 +13,7 @@ values), in one process on one 1918x1280 RGB image:
   asks for at least 85% in bf16 + channels-last).
 
 Precisions: bf16 autocast + channels-last (predict's default on this CPU) and fp32 eager. Each timing is
-the median of ``--repeats`` runs after one warm-up run. Writes
+the median of ``--repeats`` runs after ``--warmup`` (one) warm-up runs. Writes
 ``benchmarks/results/tiled_prediction-<machine>.json``.
 
     python benchmarks/tiled_prediction.py [--data-root ../shared/data] [--repeats 3]
@@ -25,42 +25,29 @@ of the same size (``zoo.data.synthetic``) stands in, and the results say so.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import autocast, benchmark_parser, median_seconds, repeats_and_warmup, save_results
 from PIL import Image
 
 from zoo import create_model
 from zoo.cost import count_flops
 from zoo.data.io import read_image
 from zoo.data.synthetic import write_car_twin
-from zoo.machine import describe_machine, write_results
+from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
 from zoo.tiling import DEFAULT_TILE, mirror_pad, plan_axis, predict_labels
 
-RESULTS = Path(__file__).parent / "results"
+CPU = torch.device("cpu")
 MAX_RATIO = 1.3
 MIN_FRACTION = 0.85
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: oneDNN builds its kernels for each new shape on first use
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_image(data_root: Path, tmp: Path) -> tuple[np.ndarray, str]:
@@ -87,10 +74,9 @@ def forward_fn(
 ) -> Callable[[], object]:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def run() -> object:
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), autocast(CPU, dtype):
             return model(x)
 
     return run
@@ -106,6 +92,7 @@ def measure_model(
     dtype: torch.dtype | None,
     channels_last: bool,
     repeats: int,
+    warmup: int,
 ) -> dict[str, Any]:
     model = build(name, width, channels_last)
     _, h, w = image.shape
@@ -116,12 +103,16 @@ def measure_model(
         lambda: predict_labels(
             model, image, tile=tile, batch_size=batch_size, autocast_dtype=dtype, channels_last=channels_last
         ),
-        repeats,
+        CPU,
+        repeats=repeats,
+        warmup=warmup,
     )
     (top, bottom), (left, right) = py.extent, px.extent
     padded = mirror_pad(image.float().div(255).unsqueeze(0), -top, bottom - h, -left, right - w)
     whole_flops = count_flops(model, tuple(padded.shape))
-    whole_s = median_seconds(forward_fn(model, padded, dtype, channels_last), repeats)
+    whole_s = median_seconds(
+        forward_fn(model, padded, dtype, channels_last), CPU, repeats=repeats, warmup=warmup
+    )
     return {
         "model": name,
         "windows": f"{py.count}x{px.count} tiles of {py.window}x{px.window}",
@@ -140,10 +131,13 @@ def measure_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = benchmark_parser(
+        __doc__,
+        data_root=True,
+        repeats=3,
+        warmup=1,
+        quick="width 8, the image at a third of its size, tile 300, one repeat",
     )
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--models", nargs="+", default=["unet", "unet_bn"])
     parser.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     parser.add_argument(
@@ -152,18 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, default=4, help="tiles per forward pass (predict's default 4)"
     )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="width 8, the image at a third of its size, tile 300, one repeat: checks the script, not speed",
-    )
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     width = 8 if args.quick else None
     tile = 300 if args.quick else args.tile
-    repeats = 1 if args.quick else args.repeats
+    repeats, warmup = repeats_and_warmup(args)
     with tempfile.TemporaryDirectory() as tmp:
         pixels, source = load_image(Path(args.data_root), Path(tmp))
     if args.quick:
@@ -182,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         ref_model = build("unet", width, channels_last)
         ref_flops = count_flops(ref_model, (1, 3, 572, 572))
         ref_s = median_seconds(
-            forward_fn(ref_model, torch.rand(1, 3, 572, 572), dtype, channels_last), repeats
+            forward_fn(ref_model, torch.rand(1, 3, 572, 572), dtype, channels_last),
+            CPU,
+            repeats=repeats,
+            warmup=warmup,
         )
         references[precision] = {
             "unet_572_seconds": round(ref_s, 4),
@@ -199,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=dtype,
                 channels_last=channels_last,
                 repeats=repeats,
+                warmup=warmup,
             )
             row["precision"] = "bf16 autocast + channels-last" if channels_last else "fp32 eager"
             row["fraction_of_reference_gflops"] = round(
@@ -231,15 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         "tile": tile,
         "batch_size": args.batch_size,
         "repeats": repeats,
-        "timing": "median after one warm-up; tiled = zoo.tiling.predict_labels on a uint8 image",
+        "warmup": warmup,
+        "timing": "median after warm-up; tiled = zoo.tiling.predict_labels on a uint8 image",
         "reference": references,
         "runs": runs,
         "checks_bf16": checks,
         "machine": describe_machine(),
     }
-    out = write_results(f"tiled_prediction{'-quick' if args.quick else ''}", results, args.out)
     print(json.dumps(checks))
-    print(f"written {out}")
+    save_results("tiled_prediction", results, args.out, quick=args.quick)
     return 0 if args.quick or all(checks.values()) else 1
 
 

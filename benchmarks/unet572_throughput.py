@@ -23,24 +23,21 @@ works); its ratios to the A100 are recorded but mean little. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
-from fast_paths import cuda_graph_inference, inference_fn, median_seconds, training_fn
+from _common import benchmark_parser, median_seconds, parse_device, repeats_and_warmup, save_results
+from fast_paths import cuda_graph_inference, cudnn_benchmark, inference_fn, training_fn
 
 from zoo import create_model
 from zoo.cost import count_flops
-from zoo.machine import describe_machine, write_results
-
-RESULTS = Path(__file__).parent / "results"
+from zoo.machine import describe_machine
 
 # NVIDIA DeepLearningExamples, TensorFlow2 UNet_Medical, A100 80GB, AMP (the figures issue 8 quotes)
-A100_REFERENCE = {
+A100_REFERENCE: dict[str, Any] = {
     "source": "NVIDIA DeepLearningExamples, TensorFlow2/Segmentation/UNet_Medical, A100, mixed precision",
     "training_images_per_s": 118.98,
     "training_batch": 8,
@@ -72,27 +69,24 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = benchmark_parser(
+        __doc__,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        repeats=20,
+        warmup=5,
+        quick="width 8, 188x188, batch 2, one repeat",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=572, help="input tile side (output 388 at 572)")
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--infer-batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
-    parser.add_argument("--quick", action="store_true", help="width 8, 188x188, batch 2, one repeat")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    device = parse_device(parser, args.device)
     width = 8 if args.quick else 64
     size = 188 if args.quick else args.size
     train_batch, infer_batch = (2, 2) if args.quick else (args.train_batch, args.infer_batch)
-    repeats, warmup = (1, 1) if args.quick else (args.repeats, args.warmup)
+    repeats, warmup = repeats_and_warmup(args)
 
     def build() -> torch.nn.Module:
         torch.manual_seed(0)
@@ -108,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine()["cpu"]
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
     dtype = torch.bfloat16
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
 
     def channels_last(batch: int, *, seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -131,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{key:28s} {rows[key]}", flush=True)
 
-    try:
+    with cudnn_benchmark(True):
         x = channels_last(train_batch, seed=1)
         y = torch.randint(0, 2, (train_batch, out_side, out_side), generator=torch.Generator().manual_seed(2))
         step = training_fn(model.train(), x, y.to(device), dtype, device)
@@ -150,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             seconds = median_seconds(graphed, device, repeats=repeats, warmup=warmup)
             record("inference_bf16_cuda_graph", seconds, infer_batch, 1, reference)
         memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    finally:
-        torch.backends.cudnn.benchmark = previous
 
     results = {
         "benchmark": "unet572_throughput",
@@ -172,10 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_memory_gib": round(memory, 2) if memory is not None else None,
         "machine": describe_machine(device),
     }
-    stem = f"unet572_throughput{'-quick' if args.quick else ''}"
-    out = write_results(stem, results, args.out, device=device)
     print(json.dumps({k: v["images_per_s"] for k, v in rows.items()}))
-    print(f"written {out}")
+    save_results("unet572_throughput", results, args.out, quick=args.quick, device=device)
     return 0
 
 
