@@ -224,17 +224,23 @@ def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> No
     )
     runs_root = tmp_path / "killed" / "resume-test"
     deadline = time.monotonic() + 240
-    while not any(runs_root.glob("*/checkpoint.pt")):  # wait for epoch 0 to finish
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        assert time.monotonic() < deadline, "no checkpoint written in time"
-        time.sleep(0.2)
-    time.sleep(0.5)  # into epoch 1
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        # killed the moment epoch 0's checkpoint appears: two epochs are left, however fast the machine
+        while not any(runs_root.glob("*/checkpoint.pt")):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL  # the kill, not the end of the run, stopped it
     (run_dir,) = runs_root.iterdir()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     tracker = Tracker("resume-test", workdir=tmp_path / "killed")
     assert tracker.run_status(run_id) == "RUNNING"  # killed without a chance to say so
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] < 2  # unfinished
     done = subprocess.run(
         [
             sys.executable,
@@ -258,11 +264,7 @@ def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> No
     assert tracker.run_status(run_id) == "FINISHED"
     assert len(_runs(tracker)) == 1  # the same run, not a new one
     history = tracker.client.get_metric_history(run_id, "val_dice")
-    assert sorted(m.step for m in history) == [
-        0,
-        1,
-        2,
-    ]  # every epoch once; only the unfinished one was redone
+    assert sorted(m.step for m in history) == [0, 1, 2]  # every epoch once; the unfinished one redone
     # and the resumed run ends exactly where an uninterrupted one does
     straight = subprocess.run(
         _train_cmd(tmp_path / "straight"), env=env, capture_output=True, text=True, timeout=300, check=False
