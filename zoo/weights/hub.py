@@ -168,10 +168,11 @@ class _RateFloor:
     def __init__(self, floor: float, window: float) -> None:
         self.floor = floor
         self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
+        self.start()
 
     def start(self) -> None:
-        self._samples = deque([(time.monotonic(), 0)])
+        """Start the clock (when the answer's headers are in: connecting is ``timeout``'s business)."""
+        self._samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
     def too_slow(self, received: int) -> float | None:
         """The average rate over the last window when it is under the floor, else None."""
@@ -179,14 +180,15 @@ class _RateFloor:
             return None
         now = time.monotonic()
         samples = self._samples
-        samples.append((now, received))
+        if now - samples[-1][0] >= self.window / 64:  # a few dozen samples per window, whatever the rate
+            samples.append((now, received))
         # keep the newest sample at or before the window's start: the average spans the whole window
         while len(samples) > 1 and samples[1][0] <= now - self.window:
             samples.popleft()
         since, base = samples[0]
         if now - since < self.window:
             return None  # not a full window yet
-        rate = (received - base) / (now - since)
+        rate = (received - base) / (now - since)  # ``received`` now, not as last sampled
         return rate if rate < self.floor else None
 
 
