@@ -51,13 +51,30 @@ SHIPPED = load_manifest()
 # -- the shipped weights ---------------------------------------------------------------------------
 
 
-def test_the_package_ships_an_isbi_and_a_carvana_checkpoint() -> None:
+def test_the_package_ships_an_isbi_and_a_carvana_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shipped means: the file lies in the package's folder, the wheel's package data takes it, and
+    the model loads with downloads forbidden and an empty cache that stays empty."""
+    import fnmatch
+
+    import tomllib
+
+    from zoo.weights import PACKAGED_DIR
+
     datasets = {e.dataset for e in SHIPPED if e.packaged}
     assert "isbi2012" in datasets
     assert datasets & {"carvana", "carvana512"}
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"]["zoo.pretrained"]
+    monkeypatch.setenv("UNET_ZOO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("UNET_ZOO_OFFLINE", "1")
     for e in SHIPPED:
-        assert e.packaged or e.url, f"{e.name}: no source"
         assert e.packaged, f"{e.name}: a url entry, but no host serves files for this project yet"
+        assert any(fnmatch.fnmatch(e.file, glob) for glob in package_data), (e.file, package_data)
+        assert fetch(e) == PACKAGED_DIR / e.file
+        assert create_model(e.model, weights=e.tag).pretrained_weights == e.name
+    assert not (tmp_path / "home").exists()  # nothing was downloaded or copied into a cache
 
 
 @pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
