@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -35,6 +37,7 @@ def test_parameters_and_outputs_equal_the_direct_smp_model(
         encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
     ).eval()
     ours = create_model(name, in_channels=in_channels, num_classes=num_classes).eval()
+    assert isinstance(ours, SmpUNet)
     assert count_parameters(ours) == count_parameters(direct)
     ours.net.load_state_dict(direct.state_dict())  # same structure, key for key
     x = torch.randn(1, in_channels, 64, 96)
@@ -82,8 +85,32 @@ def test_unknown_weights_name_is_not_disguised_as_a_network_error() -> None:
 
 
 def test_default_is_random_init_and_recorded() -> None:
-    model = create_model("unet_resnet34", in_channels=3, num_classes=1)
-    assert model.model_args["encoder_weights"] is None
+    """Without ``encoder_weights`` the encoder is freshly initialised (no ImageNet weights are loaded):
+    its weights follow the seed, and they are the initialiser's, not a trained network's."""
+
+    def encoder(seed: int) -> Any:  # smp's ResNetEncoder, a torchvision ResNet
+        torch.manual_seed(seed)
+        model = create_model("unet_resnet34", in_channels=3, num_classes=1)
+        assert isinstance(model, SmpUNet) and model.model_args["encoder_weights"] is None
+        return model.net.encoder
+
+    first, again, other = encoder(0), encoder(0), encoder(1)
+    convs = [name for name, w in first.state_dict().items() if w.dim() == 4]
+    assert len(convs) > 30  # every convolution of the ResNet-34, not a few
+    for name in convs:  # the seed decides every convolution: loaded weights would be the same each time
+        assert torch.equal(first.state_dict()[name], again.state_dict()[name]), name
+        assert not torch.equal(first.state_dict()[name], other.state_dict()[name]), name
+    # torchvision's ResNet initialiser: He normal over fan-out for the stem, 64 x 7 x 7 (ImageNet-trained
+    # stems are several times wider), and every BatchNorm at its reset state (a checkpoint carries
+    # learnt statistics and affine weights)
+    assert first.conv1.weight.std().item() == pytest.approx((2 / (64 * 7 * 7)) ** 0.5, rel=0.05)
+    norms = [m for m in first.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for bn in norms:
+        assert bn.running_mean is not None and bn.running_var is not None
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
 
 
 def test_decoder_overrides_pass_through() -> None:
