@@ -54,14 +54,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import DEFAULT_DATA_ROOT, RESULTS
 
 from zoo.machine import describe_machine, machine_slug, write_results
 from zoo.registry import list_models
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
-RESULTS = BENCHMARKS / "results"
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_DATA = DEFAULT_DATA_ROOT
 GPU_BUDGET = 460.0
 QUICK_BUDGET = 600.0  # a cap: an idle 2-core CPU needs about 2 minutes, a busy one far more
 STATUSES = ("ok", "failed", "timeout", "skipped")

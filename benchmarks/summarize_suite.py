@@ -9,9 +9,10 @@ leaderboard, come from ``zoo.report`` (``unet-zoo report``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from _common import benchmark_parser
 
 from zoo.harness.tracking import default_tracking_uri
 from zoo.machine import machine_slug
@@ -19,12 +20,9 @@ from zoo.report import load_runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--experiment", default="suite-cpu")
     parser.add_argument("--workdir", default="runs")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     runs, excluded = load_runs(args.experiment, default_tracking_uri(args.workdir))
     for line in excluded:

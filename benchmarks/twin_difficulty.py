@@ -8,7 +8,6 @@ writing ``benchmarks/results/twin_difficulty-<machine>.json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -16,13 +15,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import benchmark_parser, save_results
 
 from zoo import create_model
 from zoo.data import CarvanaDataset, ISBI2012Dataset, SegmentationDataset, block_kfold, group_split
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, make_loader, unit_float
 from zoo.data.synthetic import write_car_twin, write_em_twin
-from zoo.machine import describe_machine, write_results
+from zoo.machine import describe_machine
 
 
 def dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -71,9 +71,8 @@ def train_and_score(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="training time per twin")
     args = parser.parse_args(argv)
     results: dict[str, object] = {
         "benchmark": "twin_difficulty",
@@ -90,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         split = group_split(car.groups, val_fraction=0.25, seed=0)
         results["carvana_twin"] = train_and_score(car, list(split.train), list(split.val), 128, args.seconds)
         print("carvana twin:", results["carvana_twin"], flush=True)
-    out = write_results("twin_difficulty", results, args.out)
-    print(f"written {out}")
+    save_results("twin_difficulty", results, args.out)
     return 0
 
 
