@@ -1,4 +1,9 @@
-"""The ``unet-zoo`` command. Thin: it parses arguments, calls the library and prints."""
+"""The ``unet-zoo`` command. Thin: it parses arguments, calls the library and prints.
+
+A :class:`zoo.errors.ZooError` (a bad value, file, dataset, recipe, run folder or weights file: something
+the user can fix, its message says how) is printed as one line, ``unet-zoo: error: ...``, with exit code
+2; any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from zoo.data.io import DataError
+from zoo.errors import ConfigError, ZooError
 from zoo.factory import model_info
-from zoo.registry import UnknownModelError, list_models
-from zoo.weights import WeightsError
+from zoo.registry import list_models
 
 if TYPE_CHECKING:
     from zoo.harness.tracking import Tracker
@@ -120,7 +126,7 @@ def _cmd_data_init(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; choose another --out, or --force to replace it")
+        raise ConfigError(f"--out {out} exists; choose another --out, or --force to replace it")
     spec, inspection = infer_spec(
         Path(args.images), Path(args.masks), name=args.name, roi=Path(args.roi) if args.roi else None
     )
@@ -147,7 +153,10 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     else:
         card = get_dataset(args.dataset).card if args.dataset else None
         if args.dataset and card is None:
-            raise ValueError(f"dataset {args.dataset!r} has no card to verify a folder against")
+            raise ConfigError(
+                f"dataset {args.dataset!r} has no card to verify a folder against; verify its dataset file "
+                "instead (`unet-zoo data verify my.toml`)"
+            )
         report = verify_dataset(args.path, dataset=card, checksums=args.checksums)
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
     print(f"{report.root}: {report.dataset} ({report.layout}): {counts}")
@@ -164,7 +173,9 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
     twin = get_dataset(args.name).twin
     if twin is None:
-        raise ValueError(f"dataset {args.name!r} has no synthetic twin (`unet-zoo data list`)")
+        raise ConfigError(
+            f"dataset {args.name!r} has no synthetic twin; `unet-zoo data list` shows the datasets that do"
+        )
     count, size = args.count or twin.count, args.size or twin.size
     twin.write(Path(args.out), count=count, size=size, seed=args.seed)
     print(
@@ -186,7 +197,7 @@ def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, object]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} epochs=5")
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} epochs=5")
         out[key] = _parse_value(value)
     return out
 
@@ -295,7 +306,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if recipe:
             cfg = resolve_recipe(recipe, fields)
         elif not args.model or not args.dataset:
-            raise ValueError(
+            raise ConfigError(
                 "train needs --recipe NAME, or --dataset (a dataset with a default recipe), or --model and "
                 "--dataset (or --resume RUN_DIR)"
             )
@@ -339,16 +350,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from zoo.harness.training import prepare_model, resolve_device
 
     run_dir = Path(args.run_dir)
-    config = run_dir / "config.json"
+    config, weights = run_dir / "config.json", run_dir / "best.safetensors"
     if not config.is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no config.json); pass a folder that a run created")
-    cfg = TrainConfig.from_dict(json.loads(config.read_text()))
+        raise ConfigError(f"{run_dir}: not a run folder (no config.json); pass a folder that a run created")
+    if not weights.is_file():
+        raise ConfigError(
+            f"{run_dir}: no best.safetensors; the run ended before its first validation. Resume it with "
+            f"`unet-zoo train --resume {run_dir}`, or evaluate a run that finished an epoch"
+        )
+    cfg = TrainConfig.from_dict(_read_json(config))
     if args.data_root:
         cfg.data_root = args.data_root
     data = build_data(cfg, args.workdir)
     device = resolve_device(cfg.device)
     model, amp, channels_last = prepare_model(cfg, data.dataset.in_channels, data.dataset.num_classes, device)
-    model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
+    model.load_state_dict(load_file(str(weights), device=str(device)))
     metrics = evaluate(
         model,
         data.dataset,
@@ -370,16 +386,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file; a damaged one is a ConfigError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"{path}: not valid JSON ({err}); the run folder is damaged: restore the file, or use another run"
+        ) from err
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a JSON object, found {type(data).__name__}; the run folder is damaged"
+        )
+    return data
+
+
 def _record_rescored(run_dir: Path, metrics: dict[str, float], workdir: str) -> None:
     """Record a run's metrics as this version defines them (after a change of definitions), once the
     weights are shown to be the run's: its Dice must reproduce."""
     from zoo.harness.tracking import Tracker, git_state
 
-    run = json.loads((run_dir / "run.json").read_text())
+    run = _read_json(run_dir / "run.json")
     tracker = Tracker(run["experiment"], workdir=workdir)
     recorded = tracker.client.get_run(run["run_id"]).data.metrics
     if "dice" not in recorded or abs(recorded["dice"] - metrics["dice"]) > 1e-4:
-        raise ValueError(
+        raise DataError(
             f"{run_dir}: Dice {metrics['dice']:.6f} does not reproduce the run's recorded "
             f"{recorded.get('dice', float('nan')):.6f}; not recording (other data or other weights?)"
         )
@@ -394,7 +425,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     experiments = args.experiment or ["suite-default"]
     if len(experiments) > 2:
-        raise ValueError(
+        raise ConfigError(
             f"--experiment given {len(experiments)} times ({', '.join(experiments)}): give one for a "
             "leaderboard, two to compare them"
         )
@@ -454,13 +485,13 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
     for name in args.names:
         model, dot, tag = name.partition(".")
         if not (dot and _NAME.fullmatch(model) and _NAME.fullmatch(tag)):
-            raise ValueError(
+            raise ConfigError(
                 f"{name!r}: give weights as MODEL.TAG, letters, digits, '_' and '-' "
                 "(see `unet-zoo weights list`)"
             )
         entries.append(find_weights(model, tag))
     if not entries:
-        raise ValueError("name weights to download (MODEL.TAG ...) or pass --all")
+        raise ConfigError("name weights to download (MODEL.TAG ...) or pass --all")
     for e in entries:
         path = fetch(e, mirror=args.mirror, timeout=args.timeout, progress=True)
         print(f"{e.name}: {path} (sha256 verified)")
@@ -742,8 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except (UnknownModelError, ValueError, TypeError, OSError, WeightsError) as err:
-        print(f"unet-zoo: error: {err}", file=sys.stderr)
+    except ZooError as err:  # the user's to fix, and the message says how; anything else is a bug
+        print(f"unet-zoo: error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, always
         return 2
 
 

@@ -32,6 +32,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from zoo.errors import ConfigError
+
 __all__ = [
     "ISBI_THRESHOLDS",
     "PAPER_FIGURES",
@@ -151,13 +153,13 @@ def class_key_names(class_names: Sequence[str]) -> tuple[str, ...]:
     out = []
     for k, name in enumerate(class_names):
         if not isinstance(name, str):
-            raise ValueError(f"class name {name!r} (class {k}) is not a string; name each class with text")
+            raise ConfigError(f"class name {name!r} (class {k}) is not a string; name each class with text")
         if k == 0:  # the background has no per-class figures: its name names no key
             continue
         suffix = _UNSAFE.sub("_", name.lower()).strip("_") or f"class{k}"
         if suffix in suffixes:
             j = suffixes[suffix]
-            raise ValueError(
+            raise ConfigError(
                 f"class names {class_names[j]!r} (class {j}) and {name!r} (class {k}) both give the metric "
                 f"key suffix {suffix!r}; rename one of them (keys keep a-z, 0-9 and '_' of the lower-cased "
                 "name, and 'class<k>' when nothing is left)"

@@ -13,12 +13,17 @@ reflection, as the paper's mirror padding.
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from zoo.errors import ConfigError
 
 __all__ = ["AugmentConfig", "augment_batch"]
 
@@ -48,6 +53,35 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.2
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AugmentConfig:
+        """From a run config's ``augment`` table, each key and value checked (``--set augment=...``).
+
+        Raises:
+            ConfigError: an unknown key (with the closest), a value of the wrong type, or a negative one.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"augment={data!r}: expected a table of AugmentConfig fields, e.g. "
+                "--set 'augment={\"rotation\": 15}'"
+            )
+        known = {f.name: f for f in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"augment key {key!r} is unknown.{hint} Augment keys: {', '.join(known)}")
+            kind = known[key].type
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, int if kind == "int" else int | float) and not isinstance(value, bool)
+            if not ok:
+                raise ConfigError(f"augment {key}={value!r}: expected a {kind}")
+            if not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"augment {key}={value!r} must be at least 0 (0 turns it off)")
+        return cls(**data)
 
     def as_params(self) -> dict[str, str]:
         return {f"aug_{k}": str(v) for k, v in asdict(self).items()}

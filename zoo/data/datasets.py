@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from zoo.data.io import WIDE_MODES, DataError, image_info, read_image, read_stack
 from zoo.data.weightmap import unet_weight_map
+from zoo.errors import ConfigError
 
 __all__ = [
     "CarvanaDataset",
@@ -262,9 +263,9 @@ class ISBI2012Dataset(SegmentationDataset):
         # cells (class 0) are the objects; the membrane between two of them gets the weight
         super().__init__(resize=resize, cache=True, select=select, weight_map_class=0 if weight_map else None)
         if split not in ("train", "test"):
-            raise ValueError(f"split={split!r} is not one of 'train', 'test'")
+            raise ConfigError(f"split={split!r} is not one of 'train', 'test'")
         if weight_map and split != "train":
-            raise ValueError("weight_map=True needs labels: use split='train'")
+            raise ConfigError("weight_map=True needs labels: use split='train'")
         self.root = Path(root)
         self.split = split
         self.layout = detect_layout(self.root)

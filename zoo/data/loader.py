@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.data.datasets import SegmentationDataset
+from zoo.errors import ConfigError
 from zoo.tiling import mirror_index
 
 __all__ = ["RandomCrops", "ShardedBatchSampler", "make_loader", "shard_bounds", "unit_float"]
@@ -121,8 +122,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if batch_size < world_size:
-            raise ValueError(
-                f"a global batch of {batch_size} cannot give each of {world_size} ranks a sample"
+            raise ConfigError(
+                f"a global batch of {batch_size} cannot give each of {world_size} ranks a sample; raise "
+                f"--set batch_size to {world_size} or more"
             )
         self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
         self.shuffle, self.seed = shuffle, seed

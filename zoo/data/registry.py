@@ -22,7 +22,7 @@ from zoo.data.datasets import CarvanaDataset, ISBI2012Dataset, SegmentationDatas
 from zoo.data.io import DataError
 from zoo.data.splits import Split, block_kfold, group_split
 from zoo.data.synthetic import write_car_twin, write_em_twin
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 
 __all__ = [
     "SPLIT_RULES",
@@ -140,7 +140,7 @@ class DatasetEntry:
     ) -> SegmentationDataset:
         """The dataset at ``root``, with the paper's weight map if asked (and defined for it)."""
         if weight_map and self.weight_map_class is None:
-            raise ValueError(
+            raise ConfigError(
                 f"weight_map=True: dataset {self.name!r} names no class whose touching objects get border "
                 'weights (a dataset file sets it with weight_map_class = "<class name>")'
             )

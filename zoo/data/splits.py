@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zoo.errors import ConfigError
+
 __all__ = ["Split", "block_kfold", "group_split"]
 
 
@@ -43,17 +45,20 @@ def block_kfold(n: int, *, folds: int = 3, fold: int = 0, gap: int = 0) -> Split
     training too, so no training slice touches a validation slice. Blocks differ in size by at most 1.
     """
     if folds < 2 or folds > n:
-        raise ValueError(f"folds={folds} must be between 2 and the number of samples ({n})")
+        raise ConfigError(
+            f"folds={folds} must be between 2 and the number of samples ({n}); set folds (and fold) "
+            "within it, e.g. --set folds=4"
+        )
     if not 0 <= fold < folds:
-        raise ValueError(f"fold={fold} must be in 0..{folds - 1}")
+        raise ConfigError(f"fold={fold} must be in 0..{folds - 1}")
     if gap < 0:
-        raise ValueError(f"gap={gap} must be >= 0")
+        raise ConfigError(f"gap={gap} must be >= 0")
     bounds = np.linspace(0, n, folds + 1).round().astype(int)
     start, stop = int(bounds[fold]), int(bounds[fold + 1])
     val = tuple(range(start, stop))
     train = tuple(i for i in range(n) if i < start - gap or i >= stop + gap)
     if not train:
-        raise ValueError(f"gap={gap} leaves no training samples for fold {fold} of {folds}")
+        raise ConfigError(f"gap={gap} leaves no training samples for fold {fold} of {folds}; use more folds")
     return Split(train, val, "block_kfold", f"folds={folds} fold={fold} gap={gap} val=[{start},{stop})")
 
 
@@ -63,10 +68,13 @@ def group_split(groups: Sequence[str], *, val_fraction: float = 0.2, seed: int =
     The result depends only on the set of groups and the seed, not on the order of the samples.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1")
+        raise ConfigError(f"val_fraction={val_fraction} must be between 0 and 1")
     unique = sorted(set(groups))
     if len(unique) < 2:
-        raise ValueError(f"need at least 2 groups to split, got {len(unique)} ({unique})")
+        raise ConfigError(
+            f"need at least 2 groups to split into training and validation, got {len(unique)} ({unique}); "
+            "add data, or keep more groups (max_cars)"
+        )
     n_val = min(len(unique) - 1, max(1, round(len(unique) * val_fraction)))
     order = np.random.default_rng(seed).permutation(len(unique))
     held = {unique[i] for i in order[:n_val]}

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from zoo.data.augment import AugmentConfig
 from zoo.data.registry import get_dataset
 from zoo.errors import ConfigError
 
@@ -151,6 +152,17 @@ class TrainConfig:
         self._check_budget()
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
+        AugmentConfig.from_dict(self.augment)  # its keys and values, before any run starts
+        unknown = (
+            sorted(set(self.synthetic) - {"count", "size", "seed"})
+            if isinstance(self.synthetic, dict)
+            else None
+        )
+        if unknown is None or unknown:
+            raise ConfigError(
+                f"synthetic={self.synthetic!r}: the twin's settings are count, size and seed, e.g. "
+                '--set \'synthetic={"count": 8, "size": 128}\''
+            )
         entry = get_dataset(self.dataset)  # an unknown name fails here, with the close ones
         if self.weight_map and entry.weight_map_class is None:
             raise ConfigError(

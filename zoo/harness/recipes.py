@@ -136,7 +136,9 @@ def resolve_recipe(recipe: str | Recipe, fields: Mapping[str, Any]) -> TrainConf
     r = get_recipe(recipe) if isinstance(recipe, str) else recipe
     dataset = fields.get("dataset") or r.dataset
     if dataset == ANY_DATASET:
-        raise ConfigError(f"recipe {r.name!r} is made for any dataset: name one with --dataset (or a my.toml)")
+        raise ConfigError(
+            f"recipe {r.name!r} is made for any dataset: name one with --dataset (or a my.toml)"
+        )
     if not r.fits(dataset):
         raise ConfigError(
             f"recipe {r.name!r} is made for dataset {r.dataset!r}, not {dataset!r}; pick a recipe for "

@@ -34,6 +34,7 @@ Progress is logged at INFO (the CLI shows it), one line as each run starts and o
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import multiprocessing
@@ -50,6 +51,7 @@ from typing import Any
 
 import tomllib
 
+from zoo.errors import ConfigError, ZooError
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
 from zoo.harness.recipes import get_recipe, recipe_for
@@ -59,6 +61,7 @@ from zoo.registry import get_entry, list_models
 
 __all__ = [
     "Suite",
+    "UnknownSuiteError",
     "WorkerDiedError",
     "estimate_seconds_left",
     "find_suite",
@@ -73,6 +76,25 @@ SUITE_DIRS = (
     Path.cwd() / "benchmarks" / "suites",
     Path(__file__).resolve().parents[2] / "benchmarks" / "suites",
 )
+
+
+# the keys of a suite file (module docstring); a misspelt one would otherwise be ignored silently
+SUITE_KEYS = (
+    "name",
+    "description",
+    "models",
+    "datasets",
+    "seeds",
+    "tiny",
+    "recipes",
+    "train",
+    "dataset",
+    "model",
+)
+
+
+class UnknownSuiteError(ZooError, FileNotFoundError):
+    """No suite file of that name or path; the message lists the close and the known suites."""
 
 
 @dataclass
@@ -92,10 +114,37 @@ def find_suite(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted({p.stem for d in SUITE_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    raise FileNotFoundError(
-        f"suite {name_or_path!r} not found; known suites: {', '.join(known) or 'none'} "
+    close = difflib.get_close_matches(path.stem, known, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    where = f"{path}: no such file. " if path.suffix == ".toml" else ""
+    raise UnknownSuiteError(
+        f"{where}suite {name_or_path!r} not found.{hint} Known suites: {', '.join(known) or 'none'} "
         f"(looked in {', '.join(str(d) for d in SUITE_DIRS)}); or pass a .toml path"
     )
+
+
+def read_suite_file(path: Path) -> dict[str, Any]:
+    """A suite file's TOML, its top-level keys checked (a misspelt key would be ignored silently).
+
+    Raises:
+        ConfigError: unreadable TOML (the message names the file, line and column) or an unknown key.
+    """
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a valid TOML suite file ({err}); fix it there") from err
+    unknown = sorted(set(spec) - set(SUITE_KEYS))
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {m[0]!r}?)"
+            for k in unknown
+            if (m := difflib.get_close_matches(k, SUITE_KEYS, 1))
+        ]
+        raise ConfigError(
+            f"{path}: unknown suite key(s) {unknown}. {' '.join(hints)} Suite keys: {', '.join(SUITE_KEYS)} "
+            "(TrainConfig fields go under [train])"
+        )
+    return spec
 
 
 def load_suite(
@@ -109,11 +158,11 @@ def load_suite(
 ) -> Suite:
     """Expand a suite file into run configs, narrowed by the CLI's ``--models/--datasets/--seeds``."""
     path = find_suite(name_or_path)
-    spec = tomllib.loads(path.read_text())
+    spec = read_suite_file(path)
     patterns = [models] if models else spec.get("models", ["*"])
     names = sorted({n for p in patterns for n in list_models(p)})
     if not names:
-        raise ValueError(f"no registered model matches {patterns}; see `unet-zoo models`")
+        raise ConfigError(f"no registered model matches {patterns}; see `unet-zoo models`")
     chosen_datasets = list(datasets) if datasets else spec.get("datasets", ["isbi2012"])
     seed_list = list(range(seeds)) if seeds is not None else spec.get("seeds", [0])
     base = dict(spec.get("train", {}))
@@ -217,7 +266,7 @@ def run_suite(
     Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
     """
     if jobs < 1:
-        raise ValueError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
+        raise ConfigError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
     parent = tracker.start_run(suite.name, tags={"zoo.kind": "suite", "suite": suite.name})
     tracker.log_params(
         parent,

@@ -6,8 +6,11 @@ artifacts in ``<workdir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` points it at a s
 Several processes may write to one SQLite store (``unet-zoo bench --jobs N``). MLflow waits up to 20 s
 for another writer's lock (``PRAGMA busy_timeout``); a write that still finds the database locked is
 retried with backoff here rather than failing the run. The store's schema is created by the first
-``Tracker`` (MLflow migrates an empty database then); concurrent first uses race, so a parallel suite
-creates its Tracker before starting workers.
+``Tracker`` (MLflow creates and migrates the tables of an empty database then); two processes doing it
+at once would race ("table ... already exists"), so a ``Tracker`` opens a SQLite store, and creates its
+experiment, holding an exclusive lock on the file ``<db>.lock`` beside it (``fcntl.flock``; where there is
+no ``fcntl`` the lock is skipped and a parallel suite still creates its Tracker before starting workers).
+A file that is not an SQLite database (damaged, or something else) is a :class:`StoreError` naming it.
 
 Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
@@ -51,18 +54,20 @@ is uploaded, and the run folder keeps the local copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from zoo.errors import ZooError
 from zoo.metrics import class_metric_keys
 
 if TYPE_CHECKING:
@@ -72,6 +77,7 @@ __all__ = [
     "CLASS_NAMES_PARAM",
     "METRIC_KEYS",
     "QUALITY_KEYS",
+    "StoreError",
     "Tracker",
     "class_names_param",
     "default_tracking_uri",
@@ -136,6 +142,56 @@ class _QuietLockedRetries(logging.Filter):
 _QUIET = _QuietLockedRetries()
 
 
+class StoreError(ZooError, RuntimeError):
+    """The MLflow store cannot be used: its file is damaged or not an SQLite database."""
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None (a server, a ``file:`` store)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or parsed.path in ("", "/", "/:memory:"):
+        return None
+    return Path(url2pathname(parsed.path))
+
+
+@contextlib.contextmanager
+def store_lock(db: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` (a file beside the SQLite store ``db``) for the block: one
+    process at a time creates or migrates the store. No lock for None, nor where ``fcntl`` is missing
+    (not POSIX) or the lock file cannot be made (then MLflow's own error about the store says more)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the suite's own ordering (Tracker before workers) has to do
+        yield
+        return
+    if db is None:
+        yield
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        log.debug("%s: no lock file beside it (%s); opening the store unlocked", db, err)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_damaged(err: BaseException) -> sqlite3.DatabaseError | None:
+    """The SQLite error behind ``err`` when the file itself is bad ("file is not a database", "database
+    disk image is malformed"); a locked or busy database is an OperationalError, not this."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlite3.DatabaseError) and not isinstance(seen, sqlite3.OperationalError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def default_tracking_uri(workdir: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -174,15 +230,28 @@ class Tracker:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri or default_tracking_uri(self.workdir)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            artifacts = None
-            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
-                artifacts = (self.workdir.resolve() / "mlartifacts").as_uri()
-            self.experiment_id = self._create_experiment(experiment, artifacts)
-        else:
-            self.experiment_id = found.experiment_id
+        db = sqlite_path(self.uri)
+        # MLflow creates and migrates the tables when the client opens the store: one process at a time
+        with store_lock(db):
+            try:
+                self.client = MlflowClient(tracking_uri=self.uri)
+                found = self.client.get_experiment_by_name(experiment)
+            except Exception as err:
+                damage = _is_damaged(err)
+                if damage is None:
+                    raise
+                raise StoreError(
+                    f"{db}: the MLflow store cannot be read ({damage}): the file is damaged or not an "
+                    "SQLite database. Move it aside and run again for a fresh store (its runs are lost "
+                    f"unless `sqlite3 {db} .recover` saves them), or use another --workdir"
+                ) from err
+            if found is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
+                    artifacts = (self.workdir.resolve() / "mlartifacts").as_uri()
+                self.experiment_id = self._create_experiment(experiment, artifacts)
+            else:
+                self.experiment_id = found.experiment_id
         self.experiment = experiment
 
     def _create_experiment(self, name: str, artifacts: str | None) -> str:

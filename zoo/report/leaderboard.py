@@ -16,6 +16,7 @@ as the others are, in class order where the run records its class names.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Mapping
@@ -25,7 +26,8 @@ from datetime import UTC, datetime
 import pandas as pd
 from scipy import stats
 
-from zoo.harness.tracking import CLASS_NAMES_PARAM, COST_KEYS, QUALITY_KEYS
+from zoo.errors import ZooError
+from zoo.harness.tracking import CLASS_NAMES_PARAM, COST_KEYS, QUALITY_KEYS, sqlite_path, store_lock
 from zoo.metrics import class_metric_keys, split_class_key
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "PROVENANCE",
     "SECTION",
     "SYNTHETIC_PREFIX",
+    "ExperimentError",
     "Leaderboard",
     "aggregate",
     "ci95_halfwidth",
@@ -68,6 +71,10 @@ PROVENANCE = {
 """Per-run facts saying where a row's figures came from (column: label); a row lists its runs' values."""
 
 JOIN = "; "  # between the differing values of a row's runs (budgets hold commas)
+
+
+class ExperimentError(ZooError, ValueError):
+    """An experiment that is not in the store, or has no finished runs to rank."""
 
 
 @dataclass
@@ -155,11 +162,23 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
     """Finished, complete child runs of ``experiment`` and a line for each run left out."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():  # opening it would create an empty store: say so instead
+        raise ExperimentError(
+            f"no MLflow store at {db}: nothing has been recorded there; run `unet-zoo bench` or `unet-zoo "
+            "train` first, or pass the --workdir (or MLFLOW_TRACKING_URI) that holds the runs"
+        )
+    with store_lock(db):  # an older store is migrated on opening: one process at a time
+        client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        names = ", ".join(e.name for e in client.search_experiments())
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
+        names = [e.name for e in client.search_experiments()]
+        close = difflib.get_close_matches(experiment, names, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ExperimentError(
+            f"no MLflow experiment {experiment!r} at {tracking_uri}.{hint} Experiments there: "
+            f"{', '.join(sorted(names)) or 'none'}"
+        )
     rows, excluded = [], []
     # the per-class columns in class order: that of runs recording their class names first, so that a
     # run recorded without them (its keys sorted) does not decide it
@@ -225,7 +244,7 @@ def _class_keys(params: Mapping[str, str], metrics: Mapping[str, float]) -> tupl
     except json.JSONDecodeError:
         names = None
     if not isinstance(names, list):
-        raise ValueError(f"param {CLASS_NAMES_PARAM}={recorded!r} is not a JSON list of class names")
+        raise ExperimentError(f"param {CLASS_NAMES_PARAM}={recorded!r} is not a JSON list of class names")
     return [k for k in class_metric_keys(names) if k in metrics], True
 
 
@@ -313,7 +332,10 @@ def pareto_front(quality: pd.Series, speed: pd.Series) -> pd.Series:
 def build(experiment: str, tracking_uri: str) -> Leaderboard:
     runs, excluded = load_runs(experiment, tracking_uri)
     if runs.empty:
-        raise ValueError(f"experiment {experiment!r} has no finished, complete runs; left out: {excluded}")
+        raise ExperimentError(
+            f"experiment {experiment!r} has no finished, complete runs to rank; left out: {excluded}. Let "
+            "its runs finish (or run the suite again), then report"
+        )
     table = aggregate(runs)
     table["pareto"] = False
     for _, part in table.groupby(SECTION):
