@@ -67,6 +67,7 @@ from zoo.harness.throughput import synchronize, time_call
 from zoo.machine import describe_machine
 from zoo.metrics import dice_iou_per_image
 from zoo.models.base import SegmentationModel
+from zoo.runtime import Precision
 from zoo.tiling import predict_logits
 from zoo.weights import find_weights
 
@@ -272,8 +273,7 @@ def predicted_masks(
             model,
             images,
             batch_size=4,
-            autocast_dtype=torch.bfloat16 if path.bf16 else None,
-            channels_last=path.channels_last,
+            precision=Precision(torch.bfloat16 if path.bf16 else None, path.channels_last),
         )
     return logits.argmax(1)
 

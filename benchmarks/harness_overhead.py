@@ -25,8 +25,8 @@ from _common import autocast, benchmark_parser, save_results
 from zoo import create_model
 from zoo.harness import Tracker, TrainConfig, train
 from zoo.harness.throughput import time_call
-from zoo.harness.training import resolve_amp, resolve_device
 from zoo.machine import describe_machine
+from zoo.runtime import resolve_amp, resolve_device
 
 
 def bare_seconds_per_step(

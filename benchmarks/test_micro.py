@@ -31,9 +31,10 @@ from torch import Tensor
 from zoo import list_models
 from zoo.cost import count_parameters
 from zoo.harness import TrainConfig
-from zoo.harness.training import prepare_model, resolve_amp
+from zoo.harness.training import prepare_model
 from zoo.models import SegmentationModel
 from zoo.registry import get_entry
+from zoo.runtime import resolve_amp
 
 IN_CHANNELS, NUM_CLASSES, BATCH = 3, 2, 2
 # Input side by padding mode. "same": 192 px keeps the deepest (1/32) stage at 6x6 and a default-width
@@ -82,7 +83,8 @@ def _case(benchmark: BenchmarkFixture, name: str, path: str) -> Case:
     overrides: dict[str, Any] = dict(get_entry(name).tiny) if smoke else {}
     # prepare_model reads only model, overrides, amp and channels_last; dataset is required but unused
     cfg = TrainConfig(model=name, dataset="isbi2012", overrides=overrides, amp=PATHS[path], device="cpu")
-    model, amp, channels_last = prepare_model(cfg, IN_CHANNELS, NUM_CLASSES, CPU)
+    model, precision = prepare_model(cfg, IN_CHANNELS, NUM_CLASSES, CPU)
+    amp, channels_last = precision.autocast_dtype, precision.channels_last
     size = model.nearest_valid_input_size((SMOKE_SIZE if smoke else BENCH_SIZE)[model.padding_mode])
     out = model.output_size(size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

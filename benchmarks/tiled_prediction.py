@@ -43,6 +43,7 @@ from zoo.data.io import read_image
 from zoo.data.synthetic import write_car_twin
 from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
+from zoo.runtime import Precision
 from zoo.tiling import DEFAULT_TILE, mirror_pad, plan_axis, predict_labels
 
 CPU = torch.device("cpu")
@@ -101,7 +102,7 @@ def measure_model(
     tiled_flops = tiles * count_flops(model, (1, 3, py.window, px.window))
     tiled_s = median_seconds(
         lambda: predict_labels(
-            model, image, tile=tile, batch_size=batch_size, autocast_dtype=dtype, channels_last=channels_last
+            model, image, tile=tile, batch_size=batch_size, precision=Precision(dtype, channels_last)
         ),
         CPU,
         repeats=repeats,

@@ -205,6 +205,7 @@ def test_only_the_region_of_interest_is_scored(tmp_path: Path) -> None:
     from zoo.data import FolderDataset
     from zoo.data.io import write_image
     from zoo.harness.evaluate import evaluate
+    from zoo.tiling import TiledInferer
 
     from .helpers import AnySizeModel
 
@@ -233,10 +234,12 @@ def test_only_the_region_of_interest_is_scored(tmp_path: Path) -> None:
     )
     ds = FolderDataset(spec)
     assert int((ds[0][1] == -1).sum()) == 32 * 16
-    scored = evaluate(AllForeground().eval(), ds, [0, 1], batch_size=2)  # type: ignore[arg-type]
+    scored = evaluate(AllForeground().eval(), ds, [0, 1], inferer=TiledInferer(batch_size=2))  # type: ignore[arg-type]
     assert scored["dice"] == pytest.approx(1.0) and scored["misclassified"] == pytest.approx(0.0)
     spec.write_text(spec.read_text().replace('roi = "fov"\n', ""))
-    unmasked = evaluate(AllForeground().eval(), FolderDataset(spec), [0, 1], batch_size=2)  # type: ignore[arg-type]
+    unmasked = evaluate(
+        AllForeground().eval(), FolderDataset(spec), [0, 1], inferer=TiledInferer(batch_size=2)
+    )  # type: ignore[arg-type]
     assert unmasked["dice"] == pytest.approx(2 * 512 / (1024 + 512))  # the right half counted
 
 

@@ -35,6 +35,7 @@ from zoo.metrics import (
 from zoo.predict import predict_files
 from zoo.report import build, write_report
 from zoo.report.leaderboard import class_columns
+from zoo.tiling import TiledInferer
 
 from .helpers import AnySizeModel
 
@@ -228,7 +229,7 @@ def test_evaluate_reports_each_class_by_the_datasets_names() -> None:
     preds[1][preds[1] == 3] = 1  # ...nor in its prediction
     images = [(p.float() / 3).unsqueeze(0) for p in preds]  # the model reads the class from the gray
     data = InMemory(images, truths, SHAPES)
-    out = evaluate(GrayToClass().eval(), data, [0, 1, 2], batch_size=2)  # type: ignore[arg-type]
+    out = evaluate(GrayToClass().eval(), data, [0, 1, 2], inferer=TiledInferer(batch_size=2))  # type: ignore[arg-type]
     assert set(out) == {"dice", "iou", "misclassified", *class_metric_keys(SHAPES)}
     for k, name in enumerate(SHAPES[1:], start=1):
         per_image = [_oracle(p.numpy(), t.numpy(), k) for p, t in zip(preds, truths, strict=True)]
@@ -367,9 +368,8 @@ def test_predict_writes_class_indices_and_a_tint_per_class(tmp_path: Path) -> No
         tmp_path / "out",
         scale="none",
         overlays=True,
-        tile=8,  # several tiles: the stitching keeps the classes
+        inferer=TiledInferer(tile=8),  # several tiles: the stitching keeps the classes
         device="cpu",
-        amp="none",
         progress=False,
     )
     assert outcome.ok, outcome.error

@@ -28,7 +28,7 @@ from zoo.predict import (
     resample_probabilities,
     scale_warning,
 )
-from zoo.tiling import predict_labels
+from zoo.tiling import TiledInferer, predict_labels
 from zoo.weights import TrainingScale, WeightsError, find_weights, save_weights
 
 from .helpers import AnySizeModel, tiny_model
@@ -158,7 +158,9 @@ def test_an_image_twice_the_training_scale_predicts_to_the_upsampled_mask(tmp_pa
     assert 0.03 < expected.mean() < 0.2
     write_image(tmp_path / "big.png", np.kron(small, np.ones((2, 2), np.uint8)))  # 96x128
 
-    [auto] = predict_files(model, [tmp_path / "big.png"], tmp_path / "auto", amp="none", progress=False)
+    [auto] = predict_files(
+        model, [tmp_path / "big.png"], tmp_path / "auto", inferer=TiledInferer(), progress=False
+    )
     assert auto.ok and auto.size == (48, 64) and auto.scale == "the weights' training scale"
     mask = read_image(tmp_path / "auto" / "big_mask.png")
     assert mask.shape == (96, 128)
@@ -169,7 +171,7 @@ def test_an_image_twice_the_training_scale_predicts_to_the_upsampled_mask(tmp_pa
     assert _dice(mask, expected) > 0.8
 
     [own] = predict_files(
-        model, [tmp_path / "big.png"], tmp_path / "none", scale="none", amp="none", progress=False
+        model, [tmp_path / "big.png"], tmp_path / "none", scale="none", inferer=TiledInferer(), progress=False
     )
     assert own.size == (96, 128) and own.scale == "the input's size: scale none"
     at_own_size = read_image(tmp_path / "none" / "big_mask.png")
@@ -195,7 +197,7 @@ def test_resampled_probabilities_are_bilinear_and_outputs_keep_the_input_size(tm
         scale=0.5,
         probabilities=True,
         overlays=True,
-        amp="none",
+        inferer=TiledInferer(),
         progress=False,
     )
     assert outcome.size == (22, 35) and outcome.scale == "factor 0.5 of the input's size"
@@ -269,7 +271,7 @@ def test_the_carvana_model_scores_on_full_resolution_photos_as_at_its_training_s
     torch.set_num_threads(1)
     try:
         model = create_model("unet_bilinear", weights="carvana512-w16-s0").eval()
-        outcomes = predict_files(model, photos, tmp_path, amp="none", progress=False)
+        outcomes = predict_files(model, photos, tmp_path, inferer=TiledInferer(), progress=False)
         full, trained = [], []
         for photo, outcome in zip(photos, outcomes, strict=True):
             assert outcome.size == (256, 256)

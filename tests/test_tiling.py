@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from zoo import create_model
 from zoo.models import SegmentationModel
+from zoo.runtime import Precision
 from zoo.tiling import (
     DEFAULT_TILE,
     mirror_index,
@@ -258,8 +259,7 @@ def test_bf16_autocast_and_channels_last_run_and_stay_close() -> None:
     fast = predict_logits(
         model.to(memory_format=torch.channels_last),
         x,
-        autocast_dtype=torch.bfloat16,
-        channels_last=True,
+        precision=Precision(torch.bfloat16, channels_last=True),
     )
     assert fast.dtype == torch.float32 and fast.shape == reference.shape
     scale = float(reference.abs().max())

@@ -347,7 +347,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from zoo.harness.config import TrainConfig
     from zoo.harness.data import build_data
     from zoo.harness.evaluate import evaluate
-    from zoo.harness.training import prepare_model, resolve_device
+    from zoo.harness.training import prepare_model, run_inferer
+    from zoo.runtime import resolve_device
 
     run_dir = Path(args.run_dir)
     config, weights = run_dir / "config.json", run_dir / "best.safetensors"
@@ -363,16 +364,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.data_root = args.data_root
     data = build_data(cfg, args.workdir)
     device = resolve_device(cfg.device)
-    model, amp, channels_last = prepare_model(cfg, data.dataset.in_channels, data.dataset.num_classes, device)
+    model, precision = prepare_model(cfg, data.dataset.in_channels, data.dataset.num_classes, device)
     model.load_state_dict(load_file(str(weights), device=str(device)))
     metrics = evaluate(
         model,
         data.dataset,
         data.split.val,
+        inferer=run_inferer(cfg, precision),
         isbi=data.entry.isbi,
-        batch_size=cfg.batch_size,
-        autocast_dtype=amp,
-        channels_last=channels_last,
         max_images=cfg.max_val_images,
     )
     for key, value in metrics.items():

@@ -40,15 +40,10 @@ from tqdm.auto import tqdm
 
 from zoo.data.datasets import resize_image
 from zoo.data.io import DataError, read_image, read_stack, write_image, write_stack
+from zoo.errors import ConfigError
 from zoo.models.base import SegmentationModel
-from zoo.tiling import (
-    DEFAULT_TILE,
-    TTA_MODES,
-    labels_from_probabilities,
-    plan_axis,
-    predict_labels,
-    predict_probabilities,
-)
+from zoo.runtime import Precision, resolve_device
+from zoo.tiling import DEFAULT_TILE, TTA_MODES, TiledInferer, labels_from_probabilities
 from zoo.weights import TrainingScale
 
 __all__ = [
@@ -289,7 +284,7 @@ def _predict_page(
     page: np.ndarray,
     size: tuple[int, int],
     probabilities: bool,
-    options: dict[str, Any],
+    inferer: TiledInferer,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels ``(H, W)`` of a page ``(H, W, C)`` predicted at ``size``, and its probabilities
     ``(K, H, W)`` when asked; both at the page's own size."""
@@ -297,14 +292,14 @@ def _predict_page(
     if size == own:  # tiling alone: memory bounded by the tile and band sizes, whatever the image size
         x = torch.from_numpy(page).permute(2, 0, 1)  # (C, H, W) uint8: tiling scales it tile by tile
         if not probabilities:
-            return predict_labels(model, x, **options)[0].numpy(), None
-        probs = predict_probabilities(model, x, **options)
+            return inferer.labels(model, x)[0].numpy(), None
+        probs = inferer.probabilities(model, x)
         return labels_from_probabilities(probs)[0].numpy(), probs[0].numpy()
     # the image is resampled as the training images were, and the class probabilities back rather than
     # the labels: boundaries then follow the interpolated probabilities at the input's resolution instead
     # of the blocks of the coarse pixels
     x = torch.from_numpy(resize_image(page, size)).permute(2, 0, 1)
-    probs = predict_probabilities(model, x, **options)
+    probs = inferer.probabilities(model, x)
     if probabilities:
         full = resample_probabilities(probs, own)
         return labels_from_probabilities(full)[0].numpy(), full[0].numpy()
@@ -355,7 +350,7 @@ def _predict_one(
     outcome: PredictOutcome,
     outputs: dict[str, Path],
     scale: Scale,
-    options: dict[str, Any],
+    inferer: TiledInferer,
 ) -> None:
     """Predict ``outcome.input`` into ``outputs``, recording its pages, size, scale rule and warnings."""
     path = outcome.input
@@ -373,7 +368,7 @@ def _predict_one(
     probability_pages: list[np.ndarray] = []
     overlays: list[np.ndarray] = []
     for page in pages:
-        labels, probs = _predict_page(model, page, outcome.size, "probabilities" in outputs, options)
+        labels, probs = _predict_page(model, page, outcome.size, "probabilities" in outputs, inferer)
         if probs is not None:
             probability_pages.extend(probs)
         masks.append(labels)
@@ -413,15 +408,10 @@ def predict_files(
     out_dir: str | Path,
     *,
     scale: Scale = "auto",
-    tta: str = "none",
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = 4,
+    inferer: TiledInferer | None = None,
     probabilities: bool = False,
     overlays: bool = False,
     device: str | torch.device | None = None,
-    amp: str = "auto",
-    channels_last: bool | None = None,
     progress: bool = True,
 ) -> list[PredictOutcome]:
     """Predict every input file (folders expanded by :func:`collect_inputs`) into ``out_dir``.
@@ -433,12 +423,11 @@ def predict_files(
             weights=...)``); ``"none"`` the input's size; a factor; or ``(H, W)``. Outputs always have
             the input's size. An input predicted at its own size that is far from the size of the images
             the weights were trained on gets a warning (:func:`scale_warning`), logged and returned.
-        tta: ``"none"``, ``"flips"`` or ``"d4"`` (:func:`zoo.tiling.predict_probabilities`).
-        tile, overlap, batch_size: tiling options (:func:`zoo.tiling.predict_logits`).
+        inferer: tiling, batch, precision and test-time augmentation (:class:`zoo.tiling.TiledInferer`);
+            default: its defaults at the precision the harness trains with on the device (bf16 with
+            channels-last where the hardware has it).
         probabilities, overlays: also write ``<stem>_prob.tif`` / ``<stem>_overlay.*`` (module docstring).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; None keeps the model where it is.
-        amp: autocast dtype: ``"auto"`` (bf16 where supported), ``"bf16"``, ``"fp16"`` (CUDA) or ``"none"``.
-        channels_last: None: on wherever autocast is (as the harness trains and evaluates).
         progress: a progress bar over the files.
 
     Returns:
@@ -448,37 +437,20 @@ def predict_files(
     Raises:
         ValueError: a model whose input channels or classes predict cannot read or write; a bad scale.
     """
-    from zoo.harness.training import resolve_amp, resolve_channels_last, resolve_device
-
     if model.in_channels not in (1, 3):
-        raise ValueError(
+        raise ConfigError(
             f"{model.model_name or type(model).__name__} takes {model.in_channels} input channels; predict "
             "reads gray (1 channel) or RGB (3 channels) images"
         )
     if model.num_classes > 256:
-        raise ValueError(f"{model.num_classes} classes do not fit 8-bit mask files (at most 256)")
+        raise ConfigError(f"{model.num_classes} classes do not fit 8-bit mask files (at most 256)")
     scale = _checked_scale(scale)
     # resolved either way: on a CPU that also flushes denormals (several times faster on some CPUs)
     dev = resolve_device(str(next(model.parameters()).device if device is None else device))
-    dtype = resolve_amp(amp, dev)
-    use_channels_last = resolve_channels_last(channels_last, dtype)
-    model.to(dev)
-    if use_channels_last:
-        model.to(memory_format=torch.channels_last)
-    options: dict[str, Any] = dict(
-        tta=tta,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        autocast_dtype=dtype,
-        channels_last=use_channels_last,
-    )
+    inferer = inferer or TiledInferer(precision=Precision.resolve("auto", dev))
+    inferer.check(model)  # bad tiling options fail now, not at the first file
+    inferer.precision.model(model.to(dev))
     out = Path(out_dir)
-    # fail on bad tiling options now, not at the first file: a plan longer than a tile checks both
-    longest = 2 * (tile or DEFAULT_TILE)
-    plan_axis(model, longest, tile=tile, overlap=overlap)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
     paths: list[Path] = []
     outcomes: list[PredictOutcome] = []
     for item in inputs:  # each input expanded once; an empty folder is an error of its own
@@ -508,7 +480,7 @@ def predict_files(
             else:
                 claimed.update({t.resolve(): path for t in targets.values()})
                 try:
-                    _predict_one(model, outcome, targets, scale, options)
+                    _predict_one(model, outcome, targets, scale, inferer)
                     outcome.outputs = list(targets.values())
                 except (DataError, OSError) as err:
                     # the reason names the file (DataError) or the failing path (OSError)
@@ -624,6 +596,14 @@ def run(args: argparse.Namespace) -> int:
     from zoo.weights import WeightsError, read_metadata
 
     try:
+        device = resolve_device(args.device)
+        inferer = TiledInferer(
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            precision=Precision.resolve(args.amp, device),
+            tta=args.tta,
+        )
         name = args.model
         if name is None:
             if not str(args.weights).endswith(".safetensors"):
@@ -645,14 +625,10 @@ def run(args: argparse.Namespace) -> int:
             args.inputs,
             args.out,
             scale=args.scale,
-            tta=args.tta,
-            tile=args.tile,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
+            inferer=inferer,
             probabilities=args.probabilities,
             overlays=args.overlays,
-            device=args.device,
-            amp=args.amp,
+            device=device,
             progress=not args.no_progress,
         )
     done = [o for o in outcomes if o.ok]

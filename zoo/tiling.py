@@ -14,7 +14,7 @@ An image that fits one window runs in one pass, mirror-padded up to a size the m
 
 Memory stays bounded for any image size: the model only ever sees ``batch_size`` tiles at once, and the
 stitching keeps a band of rows about one tile high; finished rows are handed on
-(:func:`iter_logit_bands`). :func:`predict_labels` without test-time augmentation therefore never holds
+(:meth:`TiledInferer.bands`). :meth:`TiledInferer.labels` without test-time augmentation therefore never holds
 full-size logits. Images may be float in [0, 1] or uint8 (scaled by 1/255 tile by tile, as the zoo's
 datasets scale them), so a huge image costs one byte per pixel and channel.
 
@@ -28,18 +28,21 @@ import contextlib
 import difflib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from zoo.errors import ConfigError
 from zoo.models.base import SegmentationModel
+from zoo.runtime import Precision
 
 __all__ = [
     "DEFAULT_TILE",
     "TTA_MODES",
     "AxisPlan",
-    "iter_logit_bands",
+    "TiledInferer",
     "labels_from_probabilities",
     "mirror_index",
     "mirror_pad",
@@ -140,7 +143,7 @@ def plan_axis(
             ``tile // 8``). Valid-convolution models need none: their tiles stitch exactly.
 
     Raises:
-        ValueError: a tile too small for the model or an overlap not below the tile, naming what works.
+        ConfigError: a tile too small for the model or an overlap not below the tile, naming what works.
     """
     if length < 1:
         raise ValueError(f"cannot plan windows over an axis of {length} pixels; images need at least 1")
@@ -148,7 +151,7 @@ def plan_axis(
     cap = _largest_valid(model, requested)
     if model.padding_mode == "same":
         if cap is None:
-            raise ValueError(
+            raise ConfigError(
                 f"tile={requested} is smaller than the smallest input {_name(model)} accepts "
                 f"({model.min_input_size}); use a tile of at least {model.min_input_size}"
             )
@@ -182,7 +185,7 @@ def _plan_valid(model: SegmentationModel, length: int, cap: int | None, requeste
     stride_cap = 0 if cap is None else model.output_size(cap) // m * m
     if stride_cap <= 0:
         smallest = _smallest_tile_with_stride(model, m)
-        raise ValueError(
+        raise ConfigError(
             f"tile={requested} is too small for {_name(model)}: its output must cover at least one "
             f"{m}-pixel pooling cell; use a tile of at least {smallest}"
         )
@@ -209,7 +212,7 @@ def _plan_blended(model: SegmentationModel, length: int, cap: int, overlap: int 
         return AxisPlan(length, window, 0, (start,), ((0, length),), (torch.ones(length),))
     ov = cap // 8 if overlap is None else overlap
     if not 0 <= ov < cap:
-        raise ValueError(
+        raise ConfigError(
             f"overlap={ov} must be at least 0 and below the tile ({cap}); e.g. overlap={cap // 8}"
         )
     count = math.ceil((length - ov) / (cap - ov))
@@ -252,9 +255,7 @@ def _eval_mode(model: SegmentationModel) -> Iterator[None]:
         model.train(was_training)
 
 
-def _tile_runner(
-    model: SegmentationModel, autocast_dtype: torch.dtype | None, channels_last: bool
-) -> Callable[[Tensor], Tensor]:
+def _tile_runner(model: SegmentationModel, precision: Precision) -> Callable[[Tensor], Tensor]:
     param = next(p for p in model.parameters() if p.is_floating_point())
     device, dtype = param.device, param.dtype
 
@@ -266,15 +267,8 @@ def _tile_runner(
             raise TypeError(f"images must be float (in [0, 1]) or uint8, got {tiles.dtype}")
         else:
             tiles = tiles.to(dtype)
-        if channels_last:
-            tiles = tiles.contiguous(memory_format=torch.channels_last)
-        ctx = (
-            torch.autocast(device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            return model(tiles).float()
+        with precision.autocast(device):
+            return model(precision.input(tiles)).float()
 
     return run
 
@@ -317,109 +311,7 @@ def _as_batch(image: Tensor) -> Tensor:
     return image
 
 
-@torch.no_grad()
-def iter_logit_bands(
-    model: SegmentationModel,
-    image: Tensor,
-    *,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = 4,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> Iterator[tuple[int, Tensor]]:
-    """Stitched logits of ``image`` as bands of whole rows, top to bottom: ``(first_row, logits)`` with
-    logits ``(B, num_classes, rows, W)`` float32 on the model's device.
-
-    A caller that reduces each band (argmax, a file writer) holds no full-size logits. Tiles of all
-    ``B`` images at the same window position run together, ``batch_size`` tiles per forward pass (at
-    least one position). The model runs in eval mode and gets its mode back when the bands are done.
-    See :func:`predict_logits` for the options.
-    """
-    x = _as_batch(image)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-    b, _, h, w = x.shape
-    py = plan_axis(model, h, tile=tile, overlap=overlap)
-    px = plan_axis(model, w, tile=tile, overlap=overlap)
-    run = _tile_runner(model, autocast_dtype, channels_last)
-    device = next(model.parameters()).device
-    rows = [_Window.along(s, py.window, h, x.device) for s in py.starts]
-    cols = [_Window.along(s, px.window, w, x.device) for s in px.starts]
-    wy = [t.to(device) for t in py.weights]
-    wx = [t.to(device) for t in px.weights]
-    # valid-convolution tiles and a single window meet edge to edge with weight one: copy, don't blend
-    disjoint = all(bool((t == 1).all()) for t in (*py.weights, *px.weights))
-    positions = [(iy, ix) for iy in range(py.count) for ix in range(px.count)]
-    per_pass = max(1, batch_size // b)
-    band = torch.zeros(b, model.num_classes, 0, w, device=device)
-    top = 0  # image row of band[..., 0, :]
-    with _eval_mode(model):
-        for first in range(0, len(positions), per_pass):
-            group = positions[first : first + per_pass]
-            tiles = torch.cat([_cut(x, rows[iy], cols[ix]) for iy, ix in group])
-            logits = run(tiles)
-            for k, (iy, ix) in enumerate(group):
-                (y0, y1), (x0, x1) = py.spans[iy], px.spans[ix]
-                oy, ox = y0 - py.starts[iy] - py.offset, x0 - px.starts[ix] - px.offset
-                piece = logits[k * b : (k + 1) * b, :, oy : oy + y1 - y0, ox : ox + x1 - x0]
-                if y1 - top > band.shape[2]:
-                    grow = band.new_zeros(b, model.num_classes, y1 - top - band.shape[2], w)
-                    band = torch.cat([band, grow], dim=2)
-                target = band[:, :, y0 - top : y1 - top, x0:x1]
-                if disjoint:
-                    target.copy_(piece)
-                else:
-                    target.add_(piece * (wy[iy][:, None] * wx[ix][None, :]))
-            # rows above the first row of the next unfinished window row get nothing more
-            last_y, last_x = group[-1]
-            finished = last_y + 1 if last_x == px.count - 1 else last_y  # window rows all run
-            if finished == 0:
-                continue
-            done = h if finished == py.count else py.spans[finished][0]
-            if done > top:
-                yield top, band[:, :, : done - top]
-                band = band[:, :, done - top :]
-                top = done
-
-
-def predict_logits(
-    model: SegmentationModel,
-    image: Tensor,
-    *,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = 4,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> Tensor:
-    """Logits of the whole image(s), ``(B, num_classes, H, W)`` float32 on the CPU.
-
-    Args:
-        model: any zoo model; it runs in eval mode on its own device and dtype (its mode is restored).
-        image: ``(C, H, W)`` or ``(B, C, H, W)``, float in [0, 1] or uint8, on any device; any size.
-        tile: largest window side (:func:`plan_axis`; default :data:`DEFAULT_TILE`).
-        overlap: padded models: least overlap of blended windows (default ``tile // 8``).
-        batch_size: tiles per forward pass; with the tile it bounds the activations held at once.
-        autocast_dtype: run the model under autocast in this dtype (bf16 on CPUs that have it).
-        channels_last: feed tiles in channels-last memory format (faster convolutions under autocast).
-    """
-    x = _as_batch(image)
-    out = torch.empty(x.shape[0], model.num_classes, *x.shape[-2:])
-    for top, band in iter_logit_bands(
-        model,
-        x,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        autocast_dtype=autocast_dtype,
-        channels_last=channels_last,
-    ):
-        out[:, :, top : top + band.shape[2]] = band.cpu()
-    return out
-
-
-# -- probabilities, labels and test-time augmentation --------------------------------------------------
+# -- probabilities and labels ------------------------------------------------------------------------------
 def probabilities_from_logits(logits: Tensor) -> Tensor:
     """Softmax over the classes (dim 1); a one-class model's logit goes through a sigmoid instead."""
     return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)
@@ -447,92 +339,158 @@ def labels_from_probabilities(probabilities: Tensor) -> Tensor:
     return _argmax_classes(probabilities, 0.5)
 
 
-def _check_tta(tta: str) -> tuple[str, ...]:
-    if tta not in TTA_MODES:
-        close = difflib.get_close_matches(tta, list(TTA_MODES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"tta={tta!r} is not one of {', '.join(map(repr, TTA_MODES))}.{hint}")
-    return TTA_MODES[tta]
+# -- the inferer -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TiledInferer:
+    """Whole-image inference for any model and any image size, with its options in one place (as MONAI's
+    ``SlidingWindowInferer`` holds them): build it once, call it with a model and images.
 
+    Attributes:
+        tile: largest window side (:func:`plan_axis`; default :data:`DEFAULT_TILE`).
+        overlap: padded models: least overlap of blended windows (default ``tile // 8``).
+        batch_size: tiles per forward pass; with the tile it bounds the activations held at once.
+        precision: the autocast dtype and memory format the model runs in (:class:`zoo.runtime.Precision`;
+            bf16 with channels-last is the fast path on CPUs that have it).
+        tta: test-time augmentation of :meth:`probabilities` and :meth:`labels`: ``"none"``; ``"flips"``
+            (the image, its horizontal, vertical and double flips); ``"d4"`` (all 8 flips and rotations;
+            the paper averaged rotated copies for ISBI).
 
-def predict_probabilities(
-    model: SegmentationModel,
-    image: Tensor,
-    *,
-    tta: str = "none",
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = 4,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> Tensor:
-    """Class probabilities ``(B, num_classes, H, W)`` float32 on the CPU, averaged over test-time
-    augmentation.
-
-    ``tta``: ``"none"``; ``"flips"`` (the image, its horizontal, vertical and double flips); ``"d4"`` (all
-    8 flips and rotations; the paper averaged rotated copies for ISBI). Each transformed copy is predicted
-    whole (tiling handles the swapped sides of a rotated non-square image), its probabilities are mapped
-    back and the copies averaged. Probabilities rather than logits are averaged: each copy then has one
-    vote per pixel, however confident, and the mean is itself a probability map. Other options as in
-    :func:`predict_logits`.
+    Every method takes ``image`` ``(C, H, W)`` or ``(B, C, H, W)``, float in [0, 1] or uint8, on any
+    device, of any size; the model runs in eval mode on its own device and dtype, and gets its mode back.
     """
-    transforms = _check_tta(tta)
-    x = _as_batch(image)
-    total: Tensor | None = None
-    for name in transforms:
-        forward, inverse = _TRANSFORMS[name]
-        xt = forward(x)
-        probs = torch.empty(x.shape[0], model.num_classes, *xt.shape[-2:])
-        bands = iter_logit_bands(
-            model,
-            xt,
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch_size,
-            autocast_dtype=autocast_dtype,
-            channels_last=channels_last,
-        )
-        for top, band in bands:  # band by band: full-size logits are never held
-            probs[:, :, top : top + band.shape[2]] = probabilities_from_logits(band).cpu()
-        probs = inverse(probs)
-        total = probs.contiguous() if total is None else total.add_(probs)
-    assert total is not None
-    return total.div_(len(transforms))
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    precision: Precision = field(default_factory=Precision)
+    tta: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        if self.tta not in TTA_MODES:
+            close = difflib.get_close_matches(self.tta, list(TTA_MODES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"tta={self.tta!r} is not one of {', '.join(map(repr, TTA_MODES))}.{hint}")
+
+    def check(self, model: SegmentationModel) -> None:
+        """Raise now, naming what works, if the tile or overlap does not suit ``model`` (rather than at
+        the first image): a plan longer than a tile checks both."""
+        plan_axis(model, 2 * (self.tile or DEFAULT_TILE), tile=self.tile, overlap=self.overlap)
+
+    @torch.no_grad()
+    def bands(self, model: SegmentationModel, image: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """Stitched logits as bands of whole rows, top to bottom: ``(first_row, logits)`` with logits
+        ``(B, num_classes, rows, W)`` float32 on the model's device (no test-time augmentation).
+
+        A caller that reduces each band (argmax, a file writer) holds no full-size logits. Tiles of all
+        ``B`` images at the same window position run together, ``batch_size`` tiles per forward pass (at
+        least one position)."""
+        x = _as_batch(image)
+        b, _, h, w = x.shape
+        py = plan_axis(model, h, tile=self.tile, overlap=self.overlap)
+        px = plan_axis(model, w, tile=self.tile, overlap=self.overlap)
+        run = _tile_runner(model, self.precision)
+        device = next(model.parameters()).device
+        rows = [_Window.along(s, py.window, h, x.device) for s in py.starts]
+        cols = [_Window.along(s, px.window, w, x.device) for s in px.starts]
+        wy = [t.to(device) for t in py.weights]
+        wx = [t.to(device) for t in px.weights]
+        # valid-convolution tiles and a single window meet edge to edge with weight one: copy, don't blend
+        disjoint = all(bool((t == 1).all()) for t in (*py.weights, *px.weights))
+        positions = [(iy, ix) for iy in range(py.count) for ix in range(px.count)]
+        per_pass = max(1, self.batch_size // b)
+        band = torch.zeros(b, model.num_classes, 0, w, device=device)
+        top = 0  # image row of band[..., 0, :]
+        with _eval_mode(model):
+            for first in range(0, len(positions), per_pass):
+                group = positions[first : first + per_pass]
+                tiles = torch.cat([_cut(x, rows[iy], cols[ix]) for iy, ix in group])
+                logits = run(tiles)
+                for k, (iy, ix) in enumerate(group):
+                    (y0, y1), (x0, x1) = py.spans[iy], px.spans[ix]
+                    oy, ox = y0 - py.starts[iy] - py.offset, x0 - px.starts[ix] - px.offset
+                    piece = logits[k * b : (k + 1) * b, :, oy : oy + y1 - y0, ox : ox + x1 - x0]
+                    if y1 - top > band.shape[2]:
+                        grow = band.new_zeros(b, model.num_classes, y1 - top - band.shape[2], w)
+                        band = torch.cat([band, grow], dim=2)
+                    target = band[:, :, y0 - top : y1 - top, x0:x1]
+                    if disjoint:
+                        target.copy_(piece)
+                    else:
+                        target.add_(piece * (wy[iy][:, None] * wx[ix][None, :]))
+                # rows above the first row of the next unfinished window row get nothing more
+                last_y, last_x = group[-1]
+                finished = last_y + 1 if last_x == px.count - 1 else last_y  # window rows all run
+                if finished == 0:
+                    continue
+                done = h if finished == py.count else py.spans[finished][0]
+                if done > top:
+                    yield top, band[:, :, : done - top]
+                    band = band[:, :, done - top :]
+                    top = done
+
+    def logits(self, model: SegmentationModel, image: Tensor) -> Tensor:
+        """Logits of the whole image(s), ``(B, num_classes, H, W)`` float32 on the CPU (no test-time
+        augmentation: logits of transformed copies are not comparable)."""
+        x = _as_batch(image)
+        out = torch.empty(x.shape[0], model.num_classes, *x.shape[-2:])
+        for top, band in self.bands(model, x):
+            out[:, :, top : top + band.shape[2]] = band.cpu()
+        return out
+
+    def probabilities(self, model: SegmentationModel, image: Tensor) -> Tensor:
+        """Class probabilities ``(B, num_classes, H, W)`` float32 on the CPU, averaged over the test-time
+        augmentation's copies.
+
+        Each transformed copy is predicted whole (tiling handles the swapped sides of a rotated
+        non-square image), its probabilities are mapped back and the copies averaged. Probabilities
+        rather than logits are averaged: each copy then has one vote per pixel, however confident, and
+        the mean is itself a probability map."""
+        transforms = TTA_MODES[self.tta]
+        x = _as_batch(image)
+        total: Tensor | None = None
+        for name in transforms:
+            forward, inverse = _TRANSFORMS[name]
+            xt = forward(x)
+            probs = torch.empty(x.shape[0], model.num_classes, *xt.shape[-2:])
+            for top, band in self.bands(model, xt):  # band by band: full-size logits are never held
+                probs[:, :, top : top + band.shape[2]] = probabilities_from_logits(band).cpu()
+            probs = inverse(probs)
+            total = probs.contiguous() if total is None else total.add_(probs)
+        assert total is not None
+        return total.div_(len(transforms))
+
+    def labels(self, model: SegmentationModel, image: Tensor) -> Tensor:
+        """Class indices ``(B, H, W)`` (:func:`labels_from_probabilities`) on the CPU.
+
+        Without test-time augmentation the labels are taken band by band: beside the image and the labels
+        only a band of rows is held, never full-size logits. With it, the averaged probabilities
+        ``(B, K, H, W)`` float32 are held."""
+        if len(TTA_MODES[self.tta]) > 1:
+            return labels_from_probabilities(self.probabilities(model, image))
+        x = _as_batch(image)
+        out: Tensor | None = None
+        for top, band in self.bands(model, x):
+            labels = _argmax_classes(band, 0.0).cpu()  # the labels of the probabilities, without softmax
+            if out is None:
+                out = torch.empty(x.shape[0], *x.shape[-2:], dtype=labels.dtype)
+            out[:, top : top + labels.shape[1]] = labels
+        assert out is not None
+        return out
 
 
-def predict_labels(
-    model: SegmentationModel,
-    image: Tensor,
-    *,
-    tta: str = "none",
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = 4,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> Tensor:
-    """Class indices ``(B, H, W)`` (:func:`labels_from_probabilities`) on the CPU.
+# -- one-call shortcuts: an inferer built from keyword options, used once -------------------------------
+def predict_logits(model: SegmentationModel, image: Tensor, **options: Any) -> Tensor:
+    """``TiledInferer(**options).logits(model, image)``."""
+    return TiledInferer(**options).logits(model, image)
 
-    Without TTA the labels are taken band by band (:func:`iter_logit_bands`): beside the image and the
-    labels only a band of rows is held, never full-size logits. With TTA, the averaged probabilities
-    ``(B, K, H, W)`` float32 are held. Options as in :func:`predict_probabilities`.
-    """
-    options = dict(
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        autocast_dtype=autocast_dtype,
-        channels_last=channels_last,
-    )
-    if len(_check_tta(tta)) > 1:
-        return labels_from_probabilities(predict_probabilities(model, image, tta=tta, **options))  # type: ignore[arg-type]
-    x = _as_batch(image)
-    out: Tensor | None = None
-    bands = iter_logit_bands(model, x, **options)  # type: ignore[arg-type]
-    for top, band in bands:
-        labels = _argmax_classes(band, 0.0).cpu()  # the labels of the probabilities, without softmax
-        if out is None:
-            out = torch.empty(x.shape[0], *x.shape[-2:], dtype=labels.dtype)
-        out[:, top : top + labels.shape[1]] = labels
-    assert out is not None
-    return out
+
+def predict_probabilities(model: SegmentationModel, image: Tensor, **options: Any) -> Tensor:
+    """``TiledInferer(**options).probabilities(model, image)``."""
+    return TiledInferer(**options).probabilities(model, image)
+
+
+def predict_labels(model: SegmentationModel, image: Tensor, **options: Any) -> Tensor:
+    """``TiledInferer(**options).labels(model, image)``."""
+    return TiledInferer(**options).labels(model, image)

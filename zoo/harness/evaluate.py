@@ -12,7 +12,7 @@ from PIL import Image
 from zoo.data import SegmentationDataset
 from zoo.metrics import MetricAccumulator
 from zoo.models.base import SegmentationModel
-from zoo.tiling import predict_logits
+from zoo.tiling import TiledInferer
 
 __all__ = ["evaluate", "save_overlay"]
 
@@ -22,10 +22,8 @@ def evaluate(
     dataset: SegmentationDataset,
     indices: Sequence[int],
     *,
+    inferer: TiledInferer | None = None,
     isbi: bool = False,
-    batch_size: int = 4,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
     max_images: int | None = None,
 ) -> dict[str, float]:
     """Quality on ``dataset[indices]`` (``zoo.metrics``): Dice, IoU and the misclassified fraction of the
@@ -33,16 +31,17 @@ def evaluate(
     softmax probabilities (``pixel_error``, ``rand_error``, ``vrand``, ``vinfo``) and ``rand_error_argmax``.
     With more than two classes, also each foreground class's Dice and IoU, keyed by the dataset's class
     names (``dice_<class>``, ``iou_<class>``: :func:`zoo.metrics.class_metric_keys`).
-    The model is left in the mode it was in."""
+    ``inferer`` predicts whole images (default: :class:`zoo.tiling.TiledInferer`'s defaults, float32);
+    its ``batch_size`` images are predicted together. The model is left in the mode it was in."""
+    inferer = inferer or TiledInferer()
+    batch_size = inferer.batch_size
     chosen = list(indices)[: max_images if max_images is not None else None]
     acc = MetricAccumulator(dataset.num_classes, isbi=isbi, class_names=dataset.class_names)
     for start in range(0, len(chosen), batch_size):
         samples = [dataset[i] for i in chosen[start : start + batch_size]]
         images = torch.stack([s[0] for s in samples])
         masks = torch.stack([s[1] for s in samples])
-        logits = predict_logits(
-            model, images, batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last
-        )
+        logits = inferer.logits(model, images)
         probs = logits.float().softmax(1) if isbi else None  # the challenge thresholds probabilities
         acc.update(logits.argmax(1), masks, probs=probs)
     return acc.compute()

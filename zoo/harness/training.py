@@ -23,7 +23,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,33 +36,27 @@ from tqdm.auto import tqdm
 from zoo import create_model
 from zoo.data.augment import AugmentConfig, augment_batch
 from zoo.data.loader import RandomCrops, ShardedBatchSampler, make_loader, unit_float
+from zoo.errors import ConfigError, ZooError
 from zoo.harness import distributed
 from zoo.harness.budget import Plan
 from zoo.harness.config import TrainConfig
-from zoo.harness.data import build_data
+from zoo.harness.data import RunData, build_data
 from zoo.harness.distributed import Distributed, all_reduce_sum
 from zoo.harness.evaluate import evaluate, save_overlay
 from zoo.harness.throughput import measure_cost
 from zoo.harness.tracking import Tracker, class_names_param, git_state
 from zoo.machine import describe_machine
 from zoo.models.base import SegmentationModel
-from zoo.tiling import predict_logits
+from zoo.runtime import Precision, resolve_device
+from zoo.tiling import TiledInferer
 from zoo.weights import TrainingScale, save_weights
 
-__all__ = [
-    "NonFiniteLossError",
-    "RunResult",
-    "prepare_model",
-    "resolve_amp",
-    "resolve_channels_last",
-    "resolve_device",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "RunResult", "prepare_model", "run_inferer", "train"]
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(ZooError, FloatingPointError):
     """The loss became NaN or infinite; the run is marked failed and its last checkpoint kept."""
 
 
@@ -73,63 +67,28 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` ("auto": CUDA when there is one) names, ready to compute on.
-
-    On a CPU this also flushes denormal floats to zero for the process (``torch.set_flush_denormal``):
-    gradients and activations that decay below 1e-38 otherwise take x86's microcode path, and a
-    ``unet_bn`` training step on this project's 2-core Intel Xeon took 7.9 s instead of 0.82 s (bf16,
-    width 32, 192x192, batch 4). Values that small change no result."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='cpu' or 'auto'")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 where the hardware supports it ("auto"), fp16 on CUDA only, or None."""
-    if amp == "none":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError("amp='fp16' needs a CUDA device (on CPU use 'bf16' or 'none')")
-        return torch.float16
-    if device.type == "cuda":
-        if amp == "bf16" or torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16
-    supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if amp == "bf16" or supported:
-        return torch.bfloat16
-    return None
-
-
-def resolve_channels_last(requested: bool | None, amp: torch.dtype | None) -> bool:
-    """Channels-last as requested, or (None) wherever autocast is on: oneDNN/cuDNN's fast reduced-precision
-    convolutions want NHWC, and in fp32 eager it is not reliably faster."""
-    return requested if requested is not None else amp is not None
-
-
 def prepare_model(
     cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device
-) -> tuple[SegmentationModel, torch.dtype | None, bool]:
-    """The run's model on its device, with its autocast dtype and memory format (training and evaluation
-    alike): channels-last defaults to on wherever autocast is on."""
-    amp = resolve_amp(cfg.amp, device)
-    channels_last = resolve_channels_last(cfg.channels_last, amp)
+) -> tuple[SegmentationModel, Precision]:
+    """The run's model on its device, in the precision it trains and is evaluated in (channels-last
+    wherever autocast is on, unless the config says otherwise)."""
+    precision = Precision.resolve(cfg.amp, device, cfg.channels_last)
     model = create_model(cfg.model, in_channels=in_channels, num_classes=num_classes, **cfg.overrides)
     if not isinstance(model, SegmentationModel):
-        raise TypeError(f"{cfg.model}: the harness needs a zoo SegmentationModel, got {type(model).__name__}")
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, amp, channels_last
+        raise ConfigError(
+            f"{cfg.model}: the harness needs a zoo SegmentationModel, got {type(model).__name__}"
+        )
+    precision.model(model.to(device))
+    return model, precision
 
 
+def run_inferer(cfg: TrainConfig, precision: Precision) -> TiledInferer:
+    """How a run predicts its validation images (during training, for its final figures and when it is
+    rescored): whole images, ``batch_size`` at a time, in the run's precision."""
+    return TiledInferer(batch_size=cfg.batch_size, precision=precision)
+
+
+# -- the pieces of a step ----------------------------------------------------------------------------------
 _SINGLE = Distributed()  # one process: no collectives
 
 
@@ -212,6 +171,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# -- the entry point ---------------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig | None,
     *,
@@ -240,105 +200,201 @@ def train(
     if resume is None and cfg is None:
         raise ValueError("train() needs a config, or resume=RUN_DIR")
     if resume is not None:
-        meta_path = Path(resume) / "run.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{meta_path}: not a run folder (no run.json); pass the folder a run created"
-            )
-        cfg = TrainConfig.from_dict(json.loads((Path(resume) / "config.json").read_text()))
-        run_id = json.loads(meta_path.read_text())["run_id"]
-        # Checked on the recording process only; under torchrun its error ends the other ranks too.
-        if tracker is not None and tracker.run_status(run_id) == "FINISHED":
-            raise ValueError(
-                f"{resume}: run {run_id} has FINISHED; there is nothing to resume (a finished run keeps "
-                "best.safetensors and drops its checkpoint unless keep_checkpoint=true). Start a new run "
-                "with `unet-zoo train`, or score this one with `unet-zoo evaluate`."
-            )
+        cfg = _resumable_config(Path(resume), tracker)
     assert cfg is not None
     with distributed.session(resolve_device(cfg.device)) as (ctx, device):
         if ctx.is_main and tracker is None:
             raise ValueError("train() needs a tracker (only torchrun ranks other than 0 may pass None)")
-        return _train(
-            cfg,
-            ctx,
-            device,
-            tracker if ctx.is_main else None,
-            workdir=workdir,
-            parent_run_id=parent_run_id,
-            resume=Path(resume) if resume is not None else None,
-            tags=tags,
-            progress=progress and ctx.is_main,
-        )
+        if cfg.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is the global batch and must split evenly among the "
+                f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
+            )
+        run = _Run.build(cfg, ctx, device, tracker if ctx.is_main else None, workdir=workdir)
+        if resume is None:
+            run.start(workdir, parent_run_id=parent_run_id, tags=tags)
+            state = _Progress()
+        else:
+            state = run.resume(Path(resume))
+        return _train(run, state, progress=progress and ctx.is_main)
 
 
-def _train(
-    cfg: TrainConfig,
-    ctx: Distributed,
-    device: torch.device,
-    rec: Tracker | None,
-    *,
-    workdir: Path,
-    parent_run_id: str | None,
-    resume: Path | None,
-    tags: Mapping[str, str] | None,
-    progress: bool,
-) -> RunResult:
-    # rec: the tracker on rank 0 (and in a single process), None on the other ranks
-    if cfg.batch_size % ctx.world_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} is the global batch and must split evenly among the "
-            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
+def _resumable_config(run_dir: Path, tracker: Tracker | None) -> TrainConfig:
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{meta_path}: not a run folder (no run.json); pass the folder a run created")
+    run_id = json.loads(meta_path.read_text())["run_id"]
+    # Checked on the recording process only; under torchrun its error ends the other ranks too.
+    if tracker is not None and tracker.run_status(run_id) == "FINISHED":
+        raise ConfigError(
+            f"{run_dir}: run {run_id} has FINISHED; there is nothing to resume (a finished run keeps "
+            "best.safetensors and drops its checkpoint unless keep_checkpoint=true). Start a new run "
+            "with `unet-zoo train`, or score this one with `unet-zoo evaluate`."
         )
-    sync_bn = cfg.sync_bn and ctx.enabled
-    if resume is not None:
-        run_dir = resume
-        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+def _train(run: _Run, state: _Progress, *, progress: bool) -> RunResult:
+    """Epochs until the plan stops, then the final figures. Rank 0 validates, records and checkpoints;
+    every rank trains."""
+    cfg, ctx, rec = run.cfg, run.ctx, run.rec
+    try:
+        plan = state.plan or Plan.start(cfg, crops=len(run.crops))
+        # a run killed after its last epoch's checkpoint has nothing left to train
+        epochs = range(state.next_epoch, cfg.epochs) if plan.stop_reason is None else range(0)
+        bar = tqdm(epochs, desc=cfg.run_name, disable=not progress or None, leave=False)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            lr = _lr(cfg, epoch, plan.epochs)
+            stats = run.train_epoch(epoch, lr, plan.micro_batches(epoch, run.micro_batches), progress)
+            if rec is not None:
+                metrics = {**stats, "lr": lr, "train_seconds": time.perf_counter() - t0}
+                val = run.validate()
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+                metrics["epoch_seconds"] = time.perf_counter() - t0
+                state.after_epoch(epoch, val, run.model)
+                plan = plan.after_epoch(
+                    cfg,
+                    epoch=epoch,
+                    seconds=metrics["epoch_seconds"],
+                    patience_spent=cfg.patience is not None and state.bad_epochs >= cfg.patience,
+                )
+                run.save_checkpoint(state, plan, metrics)
+                rec.log_metrics(run.run_id, metrics, step=epoch)
+                if plan.stop_reason is not None:
+                    log.info("%s: stops after epoch %d (%s)", cfg.run_name, epoch, plan.stop_reason)
+            # rank 0's plan (a time budget's, its stop) for every rank: all train the same epochs
+            plan = distributed.broadcast(plan, ctx)
+            if plan.stop_reason is not None:
+                break
+        result = run.finish(state, plan) if rec is not None else None
+        result = distributed.broadcast(result, ctx)
+        assert result is not None
+        return result
+    except KeyboardInterrupt:
         if rec is not None:
-            rec.resume_run(run_id)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
+            rec.finish(run.run_id, "KILLED")
+        raise
+    except BaseException:
+        if rec is not None:
+            rec.finish(run.run_id, "FAILED")
+        raise
 
-    data = build_data(cfg, workdir)
-    ds, split = data.dataset, data.split
-    model, amp, channels_last = prepare_model(cfg, ds.in_channels, ds.num_classes, device)
-    if sync_bn:
-        distributed.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
-    crop = model.nearest_valid_input_size(cfg.crop)
-    if crop != cfg.crop:
-        log.warning(
-            "%s: crop=%d is not an input size %s takes; training at %d",
-            cfg.run_name,
-            cfg.crop,
-            cfg.model,
-            crop,
-        )
-    out_size = model.output_size(crop)
-    # the pixel scale of the training images, recorded with the weights so that predict brings its
-    # inputs to it (a resize) or warns about inputs far from the images' size
-    height, width = ds.arrays(split.train[0])[0].shape[:2]
-    resize = (cfg.resize[0], cfg.resize[1]) if cfg.resize else None
-    scale = TrainingScale(resize=resize, image_size=(height, width))
-    opt = _optimizer(cfg, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    step_model: torch.nn.Module = model
-    if ctx.enabled:
-        # averages the gradients over ranks; the weights stay those of `model` (same state-dict keys)
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        step_model = torch.compile(step_model)  # type: ignore[assignment]
 
-    start_epoch, best, best_epoch, bad_epochs, best_metrics = 0, -1.0, -1, 0, {}
-    best_state: dict[str, Tensor] = {}
-    saved_plan: Plan | None = None
-    if resume is None:
+@dataclass
+class _Progress:
+    """What a run has achieved so far: the checkpoint holds it beside the model and optimiser."""
+
+    next_epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_state: dict[str, Tensor] = field(default_factory=dict)
+    plan: Plan | None = None
+
+    def after_epoch(self, epoch: int, val: dict[str, float], model: torch.nn.Module) -> None:
+        """Epoch ``epoch`` has finished with validation figures ``val``: keep its weights if it is the
+        best so far (by Dice)."""
+        self.next_epoch = epoch + 1
+        if val["dice"] > self.best:
+            self.best, self.best_epoch, self.bad_epochs, self.best_metrics = val["dice"], epoch, 0, val
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+
+@dataclass
+class _Run:
+    """One run's fixed parts: config, processes, data, model, optimiser and where it is recorded.
+
+    ``rec`` is the tracker on rank 0 (and in a single process), None on the other ranks."""
+
+    cfg: TrainConfig
+    ctx: Distributed
+    device: torch.device
+    rec: Tracker | None
+    data: RunData
+    model: SegmentationModel
+    step_model: torch.nn.Module  # the model as the step calls it: DDP- or compile-wrapped
+    precision: Precision
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    crop: int
+    out_size: int
+    crops: RandomCrops
+    micro_batches: int  # of a whole epoch; 0: one pass over the crops
+    scale: TrainingScale
+    run_id: str = ""
+    run_dir: Path = Path()
+
+    @classmethod
+    def build(
+        cls, cfg: TrainConfig, ctx: Distributed, device: torch.device, rec: Tracker | None, *, workdir: Path
+    ) -> _Run:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        data = build_data(cfg, workdir)
+        ds, split = data.dataset, data.split
+        model, precision = prepare_model(cfg, ds.in_channels, ds.num_classes, device)
+        if cfg.sync_bn and ctx.enabled:
+            distributed.convert_sync_batchnorm(model)  # swaps the BatchNorm children in place
+        crop = model.nearest_valid_input_size(cfg.crop)
+        if crop != cfg.crop:
+            log.warning(
+                "%s: crop=%d is not an input size %s takes; training at %d",
+                cfg.run_name,
+                cfg.crop,
+                cfg.model,
+                crop,
+            )
+        out_size = model.output_size(crop)
+        step_model: torch.nn.Module = model
+        if ctx.enabled:
+            # averages the gradients over ranks; the weights stay those of `model` (same state-dict keys)
+            step_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if cfg.compile:
+            step_model = torch.compile(step_model)  # type: ignore[assignment]
+        micro_batches = (cfg.steps_per_epoch or 0) * cfg.accumulate
+        repeats = max(1, math.ceil(micro_batches * cfg.batch_size / len(split.train))) if micro_batches else 1
+        crops = RandomCrops(
+            ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed, context=(crop - out_size) // 2
+        )
+        # the pixel scale of the training images, recorded with the weights so that predict brings its
+        # inputs to it (a resize) or warns about inputs far from the images' size
+        height, width = ds.arrays(split.train[0])[0].shape[:2]
+        resize = (cfg.resize[0], cfg.resize[1]) if cfg.resize else None
+        return cls(
+            cfg=cfg,
+            ctx=ctx,
+            device=device,
+            rec=rec,
+            data=data,
+            model=model,
+            step_model=step_model,
+            precision=precision,
+            opt=_optimizer(cfg, model),
+            scaler=torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16),
+            crop=crop,
+            out_size=out_size,
+            crops=crops,
+            micro_batches=micro_batches,
+            scale=TrainingScale(resize=resize, image_size=(height, width)),
+        )
+
+    # -- recording ---------------------------------------------------------------------------------------
+    def start(self, workdir: Path, *, parent_run_id: str | None, tags: Mapping[str, str] | None) -> None:
+        """A new MLflow run (rank 0) with its folder, config and params; every rank learns its id."""
         run_id, run_dir = "", workdir
-        if rec is not None:
+        if self.rec is not None:
+            cfg, rec = self.cfg, self.rec
             run_id = rec.start_run(
                 cfg.run_name, parent_run_id=parent_run_id, tags={"zoo.kind": "run", **(tags or {})}
             )
@@ -348,276 +404,256 @@ def _train(
             (run_dir / "run.json").write_text(
                 json.dumps({"run_id": run_id, "experiment": rec.experiment}) + "\n"
             )
-            params = {
-                f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v
-                for k, v in cfg.to_dict().items()
+            rec.log_params(run_id, self._params())
+            tags_ = {
+                **git_state(),
+                "torch_version": torch.__version__,
+                "cuda_version": str(torch.version.cuda),
+                "device_name": describe_machine(self.device)["device_name"],
             }
-            params.update(split.as_params(ds.names))
-            params.update(
-                {
-                    "model_args": json.dumps(model.model_args, sort_keys=True, default=str),
-                    "data_source": data.source,
-                    **data.entry.describe(ds),
-                    **class_names_param(ds.class_names),
-                    "train_input_size": crop,
-                    "train_image_size": json.dumps(scale.as_record()["image_size"]),
-                    "train_output_size": out_size,
-                    "device": str(device),
-                    "dtype": str(amp).removeprefix("torch.") if amp else "float32",
-                    "memory_format": "channels_last" if channels_last else "contiguous",
-                    "train_images": len(split.train),
-                    "val_images": len(split.val),
-                    "world_size": ctx.world_size,
-                }
-            )
-            rec.log_params(run_id, params)
-            machine = describe_machine(device)
-            rec.set_tags(
-                run_id,
-                {
-                    **git_state(),
-                    "torch_version": torch.__version__,
-                    "cuda_version": str(torch.version.cuda),
-                    "device_name": machine["device_name"],
-                },
-            )
+            rec.set_tags(run_id, tags_)
             rec.log_artifact(run_id, run_dir / "config.json", "config")
-            if data.entry.source is not None:  # a dataset file: its content, as the run read it
-                rec.log_artifact(run_id, data.entry.source, "dataset")
-        run_id, run_dir = distributed.broadcast((run_id, run_dir), ctx)
-    else:
-        ckpt_path = run_dir / "checkpoint.pt"
-        if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # never executes code
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"]
-            bad_epochs, best_metrics, best_state = (
-                ckpt["bad_epochs"],
-                ckpt["best_metrics"],
-                ckpt["best_model"],
-            )
-            if "plan" in ckpt:  # checkpoints written before budgets have none: epochs was the plan
-                saved_plan = Plan.from_state_dict(ckpt["plan"])
-            # killed between the checkpoint and the metrics upload: record that epoch now, exactly once
-            if rec is not None and ckpt["epoch"] not in rec.logged_steps(run_id, "val_dice"):
-                rec.log_metrics(run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
-            log.info("resuming %s at epoch %d", run_id, start_epoch)
+            if self.data.entry.source is not None:  # a dataset file: its content, as the run read it
+                rec.log_artifact(run_id, self.data.entry.source, "dataset")
+        self.run_id, self.run_dir = distributed.broadcast((run_id, run_dir), self.ctx)
 
-    try:
-        micro_batches = (cfg.steps_per_epoch or 0) * cfg.accumulate
-        repeats = max(1, math.ceil(micro_batches * cfg.batch_size / len(split.train))) if micro_batches else 1
-        crops = RandomCrops(
-            ds, split.train, (crop, crop), repeats=repeats, seed=cfg.seed, context=(crop - out_size) // 2
+    def _params(self) -> dict[str, Any]:
+        cfg, ds, split = self.cfg, self.data.dataset, self.data.split
+        params: dict[str, Any] = {
+            f"cfg.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in cfg.to_dict().items()
+        }
+        params.update(split.as_params(ds.names))
+        params.update(
+            {
+                "model_args": json.dumps(self.model.model_args, sort_keys=True, default=str),
+                "data_source": self.data.source,
+                **self.data.entry.describe(ds),
+                **class_names_param(ds.class_names),
+                "train_input_size": self.crop,
+                "train_image_size": json.dumps(self.scale.as_record()["image_size"]),
+                "train_output_size": self.out_size,
+                "device": str(self.device),
+                "dtype": self.precision.dtype_name,
+                "memory_format": self.precision.memory_format,
+                "train_images": len(split.train),
+                "val_images": len(split.val),
+                "world_size": self.ctx.world_size,
+            }
         )
-        plan = saved_plan or Plan.start(cfg, crops=len(crops))
-        aug = AugmentConfig(**cfg.augment)
-        gen = torch.Generator()
-        # a run killed after its last epoch's checkpoint has nothing left to train
-        remaining = range(start_epoch, cfg.epochs) if plan.stop_reason is None else range(0)
-        for epoch in tqdm(
-            remaining,
-            desc=cfg.run_name,
-            disable=not progress or None,
-            initial=start_epoch,
-            total=cfg.epochs,
-            leave=False,
-        ):
-            t0 = time.perf_counter()
-            lr = _lr(cfg, epoch, plan.epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            limit = plan.micro_batches(epoch, micro_batches)  # 0: one pass over the crops
-            crops.set_epoch(epoch)
-            gen.manual_seed(_seed(cfg.seed, epoch))
-            # dropout; each rank its own masks, or all ranks would drop the same units of different samples
-            torch.manual_seed(
-                _seed(_seed(cfg.seed, epoch), ctx.rank) if ctx.enabled else _seed(cfg.seed, epoch)
-            )
-            # global batches in the sampler's seeded order (same crops); each rank loads its part only
-            loader = make_loader(
-                crops,
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                in_memory=True,
-                seed=_seed(cfg.seed, epoch),
-                device=device,
-                shard=(ctx.rank, ctx.world_size),
-            )
-            sharded = loader.batch_sampler
-            assert isinstance(sharded, ShardedBatchSampler)
-            short = sharded.first_short_batch()
-            if short is not None and (not limit or short < limit):
-                # a rank with no sample would feed BatchNorm an empty batch (NaN statistics)
-                raise ValueError(
-                    f"{cfg.run_name}: an epoch of {len(crops)} crops ends with a global batch of "
-                    f"{len(crops) % cfg.batch_size}, fewer samples than the {ctx.world_size} processes; "
-                    f"set steps_per_epoch (times accumulate) to at most {short}, or a batch_size that "
-                    "leaves no such remainder"
-                )
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            grad_norm_sum = torch.zeros((), device=device)
-            steps = 0
-            opt.zero_grad(set_to_none=True)
-            total_steps = limit or len(loader)
-            bar = tqdm(
-                loader, total=total_steps, desc=f"epoch {epoch}", leave=False, disable=not progress or None
-            )
-            for i, batch in enumerate(bar):
-                if limit and i >= limit:
-                    break
-                # uint8 crops travel; they become float on the device
-                image = unit_float(batch[0].to(device, non_blocking=True))
-                mask = batch[1].to(device, non_blocking=True)
-                weight = batch[2].to(device) if len(batch) > 2 else None
-                # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
-                # augmented as one process would augment it
-                image, mask, weight = augment_batch(
-                    image, mask, weight, config=aug, generator=gen, part=sharded.part(i)
-                )
-                if channels_last:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits = step_model(image)
-                target = _center(mask, out_size)
-                loss = _loss(
-                    cfg, logits, target, _center(weight, out_size) if weight is not None else None, ctx
-                )
-                # on CPU the check is free; on a GPU it would sync every step, so look every 8 steps there.
-                # The loss is the global batch's, the same on every rank: all ranks stop together.
-                if (device.type == "cpu" or i % 8 == 0) and not torch.isfinite(loss_sum + loss):
-                    raise NonFiniteLossError(
-                        f"{cfg.run_name}: non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} (lr "
-                        f"{lr:.3g}); the run is marked FAILED and the checkpoint of the last good epoch "
-                        "kept. Lower the learning rate, use amp='bf16' or 'none' instead of fp16, or check "
-                        "the data for NaN."
-                    )
-                scaler.scale(loss / cfg.accumulate).backward()
-                if (i + 1) % cfg.accumulate == 0:
-                    grad_norm_sum += _unscale_and_clip(cfg, model, opt, scaler)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                loss_sum += loss.detach()
-                steps += 1
-            train_loss = (loss_sum / max(steps, 1)).item()
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(
-                    f"{cfg.run_name}: non-finite mean loss in epoch {epoch}; run marked FAILED"
-                )
-            train_seconds = time.perf_counter() - t0
-            if rec is not None:  # rank 0 validates and records; the others wait for its verdict below
-                val = evaluate(
-                    model,
-                    ds,
-                    split.val,
-                    isbi=data.entry.isbi,
-                    batch_size=cfg.batch_size,
-                    autocast_dtype=amp,
-                    channels_last=channels_last,
-                    max_images=cfg.max_val_images,
-                )
-                metrics: dict[str, float] = {
-                    "train_loss": train_loss,
-                    "lr": lr,
-                    "train_seconds": train_seconds,
-                    "train_steps": float(steps),
-                    "grad_norm": (grad_norm_sum / max(steps // cfg.accumulate, 1)).item(),
-                    "epoch_seconds": time.perf_counter() - t0,
-                }
-                metrics.update({f"val_{k}": v for k, v in val.items()})
-                if val["dice"] > best:
-                    best, best_epoch, bad_epochs, best_metrics = val["dice"], epoch, 0, val
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_epochs += 1
-                plan = plan.after_epoch(
-                    cfg,
-                    epoch=epoch,
-                    seconds=metrics["epoch_seconds"],
-                    patience_spent=cfg.patience is not None and bad_epochs >= cfg.patience,
-                )
-                # The checkpoint is the single record of progress (best weights included): written first
-                # and atomically, so a kill at any point leaves a consistent state to resume from.
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "epoch": epoch,
-                        "best": best,
-                        "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                        "best_metrics": best_metrics,
-                        "best_model": best_state,
-                        "epoch_metrics": metrics,
-                        "plan": plan.state_dict(),
-                    },
-                    run_dir / "checkpoint.pt",
-                )
-                rec.log_metrics(run_id, metrics, step=epoch)
-                if plan.stop_reason is not None:
-                    log.info("%s: stops after epoch %d (%s)", cfg.run_name, epoch, plan.stop_reason)
-            # rank 0's plan (a time budget's, its stop) for every rank: all train the same epochs
-            plan = distributed.broadcast(plan, ctx)
-            if plan.stop_reason is not None:
-                break
+        return params
 
-        result: RunResult | None = None
-        if rec is not None:
-            if sync_bn:
-                # synchronised BatchNorm in training mode waits for the other ranks, as measure_cost's
-                # training step (rank 0 alone) would: the final figures are taken on a plain copy
-                model = prepare_model(cfg, ds.in_channels, ds.num_classes, device)[0]
-            # final figures: the best epoch's weights, also written as the run's safetensors file
-            model.load_state_dict(best_state)
-            save_weights(
-                model,
-                run_dir / "best.safetensors",
-                {
-                    "dataset": data.entry.name,
-                    "epoch": best_epoch,
-                    "metrics": best_metrics,
-                    "run_id": run_id,
-                    **scale.as_record(),
-                },
+    def resume(self, run_dir: Path) -> _Progress:
+        """The killed run's progress, its model and optimiser restored from its last checkpoint."""
+        self.run_dir = run_dir
+        self.run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        if self.rec is not None:
+            self.rec.resume_run(self.run_id)
+        path = run_dir / "checkpoint.pt"
+        if not path.is_file():  # killed before its first epoch ended: it starts over, in the same run
+            return _Progress()
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)  # never executes code
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        state = _Progress(
+            next_epoch=ckpt["epoch"] + 1,
+            best=ckpt["best"],
+            best_epoch=ckpt["best_epoch"],
+            bad_epochs=ckpt["bad_epochs"],
+            best_metrics=ckpt["best_metrics"],
+            best_state=ckpt["best_model"],
+            # checkpoints written before budgets have no plan: epochs was the plan
+            plan=Plan.from_state_dict(ckpt["plan"]) if "plan" in ckpt else None,
+        )
+        # killed between the checkpoint and the metrics upload: record that epoch now, exactly once
+        if self.rec is not None and ckpt["epoch"] not in self.rec.logged_steps(self.run_id, "val_dice"):
+            self.rec.log_metrics(self.run_id, ckpt["epoch_metrics"], step=ckpt["epoch"])
+        log.info("resuming %s at epoch %d", self.run_id, state.next_epoch)
+        return state
+
+    def save_checkpoint(self, state: _Progress, plan: Plan, metrics: Mapping[str, float]) -> None:
+        """The single record of progress (best weights included): written before the epoch's metrics are
+        sent, and atomically, so a kill at any point leaves a consistent state to resume from."""
+        _atomic_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "epoch": state.next_epoch - 1,
+                "best": state.best,
+                "best_epoch": state.best_epoch,
+                "bad_epochs": state.bad_epochs,
+                "best_metrics": state.best_metrics,
+                "best_model": state.best_state,
+                "epoch_metrics": dict(metrics),
+                "plan": plan.state_dict(),
+            },
+            self.run_dir / "checkpoint.pt",
+        )
+
+    # -- training and validation -----------------------------------------------------------------------
+    def train_epoch(self, epoch: int, lr: float, limit: int, progress: bool) -> dict[str, float]:
+        """One epoch of optimiser steps (``limit`` micro-batches; 0: one pass over the crops); returns
+        its mean loss, micro-batches and mean gradient norm. Crops, augmentation and dropout are seeded by
+        the epoch, so a resumed run repeats exactly what an uninterrupted one would."""
+        cfg, ctx, device, model, opt, scaler = (
+            self.cfg,
+            self.ctx,
+            self.device,
+            self.model,
+            self.opt,
+            self.scaler,
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        self.crops.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch))
+        aug = AugmentConfig(**cfg.augment)
+        # dropout; each rank its own masks, or all ranks would drop the same units of different samples
+        torch.manual_seed(_seed(_seed(cfg.seed, epoch), ctx.rank) if ctx.enabled else _seed(cfg.seed, epoch))
+        # global batches in the sampler's seeded order (same crops); each rank loads its part only
+        loader = make_loader(
+            self.crops,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            in_memory=True,
+            seed=_seed(cfg.seed, epoch),
+            device=device,
+            shard=(ctx.rank, ctx.world_size),
+        )
+        sampler = loader.batch_sampler
+        assert isinstance(sampler, ShardedBatchSampler)
+        self._check_last_batch(sampler, limit)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        grad_norm_sum = torch.zeros((), device=device)
+        steps = 0
+        opt.zero_grad(set_to_none=True)
+        bar = tqdm(
+            loader,
+            total=limit or len(loader),
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not progress or None,
+        )
+        for i, batch in enumerate(bar):
+            if limit and i >= limit:
+                break
+            # uint8 crops travel; they become float on the device
+            image = unit_float(batch[0].to(device, non_blocking=True))
+            mask = batch[1].to(device, non_blocking=True)
+            weight = batch[2].to(device) if len(batch) > 2 else None
+            # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
+            # augmented as one process would augment it
+            image, mask, weight = augment_batch(
+                image, mask, weight, config=aug, generator=gen, part=sampler.part(i)
             )
-            final = {**best_metrics, "best_epoch": float(best_epoch)}
-            cost = measure_cost(
-                model,
-                size=cfg.cost_size or crop,
-                batch=cfg.cost_batch,
-                autocast_dtype=amp,
-                channels_last=channels_last,
+            with self.precision.autocast(device):
+                logits = self.step_model(self.precision.input(image))
+            window = None if weight is None else _center(weight, self.out_size)
+            loss = _loss(cfg, logits, _center(mask, self.out_size), window, ctx)
+            # on CPU the check is free; on a GPU it would sync every step, so look every 8 steps there.
+            # The loss is the global batch's, the same on every rank: all ranks stop together.
+            if (device.type == "cpu" or i % 8 == 0) and not torch.isfinite(loss_sum + loss):
+                raise NonFiniteLossError(
+                    f"{cfg.run_name}: non-finite loss ({loss.item()}) at epoch {epoch}, batch {i} (lr "
+                    f"{lr:.3g}); the run is marked FAILED and the checkpoint of the last good epoch "
+                    "kept. Lower the learning rate, use amp='bf16' or 'none' instead of fp16, or check "
+                    "the data for NaN."
+                )
+            scaler.scale(loss / cfg.accumulate).backward()
+            if (i + 1) % cfg.accumulate == 0:
+                grad_norm_sum += _unscale_and_clip(cfg, model, opt, scaler)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            steps += 1
+        train_loss = (loss_sum / max(steps, 1)).item()
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"{cfg.run_name}: non-finite mean loss in epoch {epoch}; run marked FAILED"
             )
-            rec.log_metrics(run_id, {**final, **cost}, step=best_epoch)
-            rec.log_params(
-                run_id,
-                {
-                    "cost_size": model.nearest_valid_input_size(cfg.cost_size or crop),
-                    "cost_batch": cfg.cost_batch,
-                    "planned_epochs": plan.epochs,
-                    "stop_reason": plan.stop_reason or "epochs",
-                    "stopped_early": plan.stop_reason == "patience",
-                },
+        return {
+            "train_loss": train_loss,
+            "train_steps": float(steps),
+            "grad_norm": (grad_norm_sum / max(steps // cfg.accumulate, 1)).item(),
+        }
+
+    def _check_last_batch(self, sampler: ShardedBatchSampler, limit: int) -> None:
+        short = sampler.first_short_batch()
+        if short is not None and (not limit or short < limit):
+            # a rank with no sample would feed BatchNorm an empty batch (NaN statistics)
+            raise ConfigError(
+                f"{self.cfg.run_name}: an epoch of {len(self.crops)} crops ends with a global batch of "
+                f"{len(self.crops) % self.cfg.batch_size}, fewer samples than the {self.ctx.world_size} "
+                f"processes; set steps_per_epoch (times accumulate) to at most {short}, or a batch_size "
+                "that leaves no such remainder"
             )
-            _log_artifacts(rec, run_id, run_dir, model, ds, split.val, amp, channels_last)
-            rec.finish(run_id, "FINISHED")
-            _drop_checkpoint(cfg, run_dir)
-            result = RunResult(run_id, run_dir, {**final, **cost})
-        result = distributed.broadcast(result, ctx)
-        assert result is not None
-        return result
-    except KeyboardInterrupt:
-        if rec is not None:
-            rec.finish(run_id, "KILLED")
-        raise
-    except BaseException:
-        if rec is not None:
-            rec.finish(run_id, "FAILED")
-        raise
+
+    def validate(self) -> dict[str, float]:
+        """Quality on the whole validation images (rank 0)."""
+        return evaluate(
+            self.model,
+            self.data.dataset,
+            self.data.split.val,
+            inferer=run_inferer(self.cfg, self.precision),
+            isbi=self.data.entry.isbi,
+            max_images=self.cfg.max_val_images,
+        )
+
+    # -- the end ---------------------------------------------------------------------------------------------
+    def finish(self, state: _Progress, plan: Plan) -> RunResult:
+        """The best epoch's weights written, their cost measured, artifacts logged, the run FINISHED."""
+        cfg, rec, ds = self.cfg, self.rec, self.data.dataset
+        assert rec is not None
+        model = self.model
+        if cfg.sync_bn and self.ctx.enabled:
+            # synchronised BatchNorm in training mode waits for the other ranks, as measure_cost's
+            # training step (rank 0 alone) would: the final figures are taken on a plain copy
+            model = prepare_model(cfg, ds.in_channels, ds.num_classes, self.device)[0]
+        model.load_state_dict(state.best_state)
+        record = {
+            "dataset": self.data.entry.name,
+            "epoch": state.best_epoch,
+            "metrics": state.best_metrics,
+            "run_id": self.run_id,
+            **self.scale.as_record(),
+        }
+        save_weights(model, self.run_dir / "best.safetensors", record)
+        final = {**state.best_metrics, "best_epoch": float(state.best_epoch)}
+        cost = measure_cost(
+            model,
+            size=cfg.cost_size or self.crop,
+            batch=cfg.cost_batch,
+            autocast_dtype=self.precision.autocast_dtype,
+            channels_last=self.precision.channels_last,
+        )
+        rec.log_metrics(self.run_id, {**final, **cost}, step=state.best_epoch)
+        rec.log_params(
+            self.run_id,
+            {
+                "cost_size": model.nearest_valid_input_size(cfg.cost_size or self.crop),
+                "cost_batch": cfg.cost_batch,
+                "planned_epochs": plan.epochs,
+                "stop_reason": plan.stop_reason or "epochs",
+                "stopped_early": plan.stop_reason == "patience",
+            },
+        )
+        self._log_artifacts(model)
+        rec.finish(self.run_id, "FINISHED")
+        _drop_checkpoint(cfg, self.run_dir)
+        return RunResult(self.run_id, self.run_dir, {**final, **cost})
+
+    def _log_artifacts(self, model: SegmentationModel) -> None:
+        assert self.rec is not None
+        self.rec.log_artifact(self.run_id, self.run_dir / "best.safetensors", "weights")
+        ds, inferer = self.data.dataset, run_inferer(self.cfg, self.precision)
+        for i in self.data.split.val[:2]:
+            image, mask = ds[i][0], ds[i][1]
+            pred = inferer.logits(model, image).argmax(1)[0]
+            path = save_overlay(self.run_dir / "overlays" / f"{ds.names[i]}.png", image, mask == 1, pred == 1)
+            self.rec.log_artifact(self.run_id, path, "overlays")
 
 
 def _drop_checkpoint(cfg: TrainConfig, run_dir: Path) -> None:
@@ -637,21 +673,3 @@ def _drop_checkpoint(cfg: TrainConfig, run_dir: Path) -> None:
         cfg.run_name,
         size / 1e6,
     )
-
-
-def _log_artifacts(
-    tracker: Tracker,
-    run_id: str,
-    run_dir: Path,
-    model: SegmentationModel,
-    ds: Any,
-    val: tuple[int, ...],
-    amp: torch.dtype | None,
-    channels_last: bool,
-) -> None:
-    tracker.log_artifact(run_id, run_dir / "best.safetensors", "weights")
-    for i in val[:2]:
-        image, mask = ds[i][0], ds[i][1]
-        pred = predict_logits(model, image, autocast_dtype=amp, channels_last=channels_last).argmax(1)[0]
-        path = save_overlay(run_dir / "overlays" / f"{ds.names[i]}.png", image, mask == 1, pred == 1)
-        tracker.log_artifact(run_id, path, "overlays")
