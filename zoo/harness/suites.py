@@ -144,7 +144,28 @@ def read_suite_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown suite key(s) {unknown}. {' '.join(hints)} Suite keys: {', '.join(SUITE_KEYS)} "
             "(TrainConfig fields go under [train])"
         )
+    for key, value in spec.items():
+        if not isinstance(value, _SUITE_TYPES[key][0]) or (
+            isinstance(value, list) and not all(isinstance(v, _SUITE_TYPES[key][1]) for v in value)
+        ):
+            plural = f" (the list is {key}s = [...])" if key in ("model", "dataset") else ""
+            raise ConfigError(f"{path}: {key} = {value!r} must be {_SUITE_TYPES[key][2]}{plural}")
     return spec
+
+
+# per suite key: its type, the type of a list's items, and how to say it
+_SUITE_TYPES: dict[str, tuple[type, type, str]] = {
+    "name": (str, str, "a string"),
+    "description": (str, str, "a string"),
+    "models": (list, str, 'a list of registry patterns, e.g. ["unet*"]'),
+    "datasets": (list, str, 'a list of datasets, e.g. ["isbi2012"]'),
+    "seeds": (list, int, "a list of whole numbers, e.g. [0, 1, 2]"),
+    "tiny": (bool, bool, "true or false"),
+    "recipes": (list, str, "a list of recipe names"),
+    "train": (dict, object, "a table: [train] with TrainConfig fields"),
+    "dataset": (dict, object, "tables [dataset.NAME] with TrainConfig fields"),
+    "model": (dict, object, "tables [model.NAME] with TrainConfig fields"),
+}
 
 
 def load_suite(

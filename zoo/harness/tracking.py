@@ -72,6 +72,7 @@ from zoo.metrics import class_metric_keys
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "CLASS_NAMES_PARAM",
@@ -83,7 +84,10 @@ __all__ = [
     "default_tracking_uri",
     "git_state",
     "is_database_locked",
+    "open_client",
     "quality_keys",
+    "sqlite_path",
+    "store_lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,11 +151,36 @@ class StoreError(ZooError, RuntimeError):
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI, else None (a server, a ``file:`` store)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or parsed.path in ("", "/", "/:memory:"):
+    """The database file of a ``sqlite:///`` tracking URI (SQLAlchemy's form: ``sqlite:///relative`` or
+    ``sqlite:////absolute``), else None (a server, a ``file:`` store, an in-memory database)."""
+    if not uri.startswith("sqlite:///"):
         return None
-    return Path(url2pathname(parsed.path))
+    path = uri.removeprefix("sqlite:///").partition("?")[0]
+    return None if path in ("", ":memory:") else Path(url2pathname(path))
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``uri``, opened under :func:`store_lock` (MLflow creates or migrates a
+    SQLite store's tables as it opens it).
+
+    Raises:
+        StoreError: a SQLite store whose file is damaged or not a database.
+    """
+    from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
+
+    db = sqlite_path(uri)
+    with store_lock(db):
+        try:
+            return MlflowClient(tracking_uri=uri)
+        except Exception as err:
+            damage = _is_damaged(err)
+            if damage is None:
+                raise
+            raise StoreError(
+                f"{db}: the MLflow store cannot be read ({damage}): the file is damaged or not an SQLite "
+                "database. Move it aside and run again for a fresh store (its runs are lost unless "
+                f"`sqlite3 {db} .recover` saves them), or use another --workdir"
+            ) from err
 
 
 @contextlib.contextmanager
@@ -224,27 +253,14 @@ class Tracker:
     def __init__(
         self, experiment: str, *, workdir: str | Path = "runs", tracking_uri: str | None = None
     ) -> None:
-        from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
-
         logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET)  # a set: added once
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri or default_tracking_uri(self.workdir)
-        db = sqlite_path(self.uri)
-        # MLflow creates and migrates the tables when the client opens the store: one process at a time
-        with store_lock(db):
-            try:
-                self.client = MlflowClient(tracking_uri=self.uri)
-                found = self.client.get_experiment_by_name(experiment)
-            except Exception as err:
-                damage = _is_damaged(err)
-                if damage is None:
-                    raise
-                raise StoreError(
-                    f"{db}: the MLflow store cannot be read ({damage}): the file is damaged or not an "
-                    "SQLite database. Move it aside and run again for a fresh store (its runs are lost "
-                    f"unless `sqlite3 {db} .recover` saves them), or use another --workdir"
-                ) from err
+        self.client = open_client(self.uri)
+        # the experiment too is created under the lock: two first runs at once make it once
+        with store_lock(sqlite_path(self.uri)):
+            found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 artifacts = None
                 if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):

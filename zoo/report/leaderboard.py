@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from zoo.errors import ZooError
-from zoo.harness.tracking import CLASS_NAMES_PARAM, COST_KEYS, QUALITY_KEYS, sqlite_path, store_lock
+from zoo.harness.tracking import CLASS_NAMES_PARAM, COST_KEYS, QUALITY_KEYS, open_client, sqlite_path
 from zoo.metrics import class_metric_keys, split_class_key
 
 __all__ = [
@@ -160,16 +160,13 @@ def _commit(tags: Mapping[str, str]) -> str:
 
 def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     """Finished, complete child runs of ``experiment`` and a line for each run left out."""
-    from mlflow.tracking import MlflowClient
-
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():  # opening it would create an empty store: say so instead
         raise ExperimentError(
             f"no MLflow store at {db}: nothing has been recorded there; run `unet-zoo bench` or `unet-zoo "
             "train` first, or pass the --workdir (or MLFLOW_TRACKING_URI) that holds the runs"
         )
-    with store_lock(db):  # an older store is migrated on opening: one process at a time
-        client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
