@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+import torch
 
 import zoo.harness.training as train_module
 from zoo.harness import Tracker, load_suite, run_suite, train
@@ -130,3 +131,36 @@ def test_smoke_suite_stores_each_file_once_and_reports_progress(
     total = _unique_bytes(tmp_path.rglob("*"))
     assert weights + others + twin <= total <= weights + others + twin + 1024
     assert weights > 100_000  # far more than the slack: a second copy cannot hide in it
+
+
+def test_half_precision_weights_are_half_the_file_and_carry_their_own_figures(
+    tmp_path: Path, store: str
+) -> None:
+    """weights_dtype=float16 stores the floating tensors in float16, and the run's final figures are those
+    of the file as stored: rescoring the file reproduces them exactly."""
+    from safetensors import safe_open
+
+    from zoo.harness.data import build_data
+    from zoo.harness.evaluate import evaluate
+    from zoo.harness.training import prepare_model, run_inferer
+    from zoo.weights import read_weights
+
+    tracker = Tracker("half", workdir=tmp_path, tracking_uri=store)
+    full = train(tiny_run(), tracker=tracker, workdir=tmp_path, progress=False)
+    cfg = tiny_run(weights_dtype="float16")
+    half = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
+    with safe_open(str(half.run_dir / "best.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    assert "F16" in dtypes and "F32" not in dtypes  # BatchNorm's counters stay integers
+    full_size = (full.run_dir / "best.safetensors").stat().st_size
+    half_size = (half.run_dir / "best.safetensors").stat().st_size
+    assert half_size < 0.6 * full_size
+
+    data = build_data(cfg, tmp_path)
+    model, precision = prepare_model(
+        cfg, data.dataset.in_channels, data.dataset.num_classes, torch.device("cpu")
+    )
+    model.load_state_dict(read_weights(half.run_dir / "best.safetensors")[0])
+    again = evaluate(model, data.dataset, data.split.val, inferer=run_inferer(cfg, precision), max_images=1)
+    assert again["dice"] == half.metrics["dice"]
+    assert tracker.run_status(half.run_id) == "FINISHED"

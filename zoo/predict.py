@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from zoo.data.datasets import resize_image
 from zoo.data.io import DataError, read_image, read_stack, write_image, write_stack
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError
 from zoo.models.base import SegmentationModel
 from zoo.runtime import Precision, resolve_device
 from zoo.tiling import DEFAULT_TILE, TTA_MODES, TiledInferer, labels_from_probabilities
@@ -176,7 +176,7 @@ def _checked_scale(scale: Scale) -> Scale:
         return scale
     if isinstance(scale, int | float) and not isinstance(scale, bool) and 0 < scale < float("inf"):
         return float(scale)
-    raise ValueError(f"scale={scale!r} is not a scale; use {_SCALE_CHOICES}")
+    raise ConfigError(f"scale={scale!r} is not a scale; use {_SCALE_CHOICES}")
 
 
 def parse_scale(text: str) -> Scale:
@@ -195,7 +195,7 @@ def parse_scale(text: str) -> Scale:
         else:
             parsed = float(value)
     except ValueError:
-        raise ValueError(f"scale {text!r} is not a scale; use {_SCALE_CHOICES}") from None
+        raise ConfigError(f"scale {text!r} is not a scale; use {_SCALE_CHOICES}") from None
     return _checked_scale(parsed)
 
 
@@ -592,8 +592,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from zoo.factory import create_model
-    from zoo.registry import UnknownModelError
-    from zoo.weights import WeightsError, read_metadata
+    from zoo.weights import read_metadata
 
     try:
         device = resolve_device(args.device)
@@ -607,12 +606,12 @@ def run(args: argparse.Namespace) -> int:
         name = args.model
         if name is None:
             if not str(args.weights).endswith(".safetensors"):
-                raise ValueError(f"--weights {args.weights}: a tag needs --model (the model it is a tag of)")
+                raise ConfigError(f"--weights {args.weights}: a tag needs --model (the model it is a tag of)")
             name = read_metadata(args.weights).get("model_name")
             if not name:
-                raise ValueError(f"{args.weights} names no model in its metadata: give --model")
+                raise ConfigError(f"{args.weights} names no model in its metadata: give --model")
         model = create_model(name, weights=args.weights)
-    except (UnknownModelError, WeightsError, ValueError, TypeError) as err:
+    except ZooError as err:
         print(f"unet-zoo predict: error: {err}", file=sys.stderr)
         return 2
     if not isinstance(model, SegmentationModel):

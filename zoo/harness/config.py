@@ -68,6 +68,9 @@ class TrainConfig:
         keep_checkpoint: keep ``checkpoint.pt`` (weights, optimiser state, best weights: several times
             the weights' size) in the run folder once the run has finished. Off: nothing resumes a
             finished run, so only a killed or failed run keeps it, for ``unet-zoo train --resume``.
+        weights_dtype: the dtype of the floating-point tensors in the run's ``best.safetensors``:
+            "float32", or "float16" (half the disk; the run's final figures are then measured with the
+            weights rounded to it, so they are the stored file's figures).
     """
 
     model: str
@@ -111,12 +114,14 @@ class TrainConfig:
     cost_batch: int = 4
     cost_size: int | None = None
     keep_checkpoint: bool = False
+    weights_dtype: str = "float32"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "optimizer": ("adamw", "adam", "sgd"),
         "schedule": ("cosine", "constant", "step"),
         "loss": ("ce", "dice", "ce+dice"),
         "amp": ("auto", "bf16", "fp16", "none"),
+        "weights_dtype": ("float32", "float16"),
     }
 
     # inclusive lower bound and exclusive upper bound (None: none) of the numeric fields

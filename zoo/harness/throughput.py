@@ -9,7 +9,6 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from zoo.cost import count_flops, count_parameters
 from zoo.models.base import SegmentationModel
+from zoo.runtime import Precision
 
 __all__ = ["PeakMemory", "measure_cost", "synchronize", "time_call"]
 
@@ -82,21 +82,18 @@ def measure_cost(
     *,
     size: int,
     batch: int,
-    autocast_dtype: torch.dtype | None,
-    channels_last: bool,
+    precision: Precision,
     warmup: int = 2,
     iters: int = 5,
 ) -> dict[str, float]:
     """params, GFLOPs (one image), training and inference images/s at ``batch``, batch-1 latency (ms,
-    median) and peak memory (MB) of the training measurement. The model itself is not changed."""
+    median) and peak memory (MB) of the training measurement, all in ``precision`` (the run's autocast
+    dtype and memory format). The model itself is not changed."""
     device = next(model.parameters()).device
     size = model.nearest_valid_input_size(size)
-    autocast: AbstractContextManager[object] = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.rand(batch, model.in_channels, size, size, device=device).contiguous(memory_format=fmt)
-    x1 = x[:1].contiguous(memory_format=fmt)
+    autocast = precision.autocast(device)
+    x = precision.input(torch.rand(batch, model.in_channels, size, size, device=device))
+    x1 = precision.input(x[:1].contiguous())
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -591,10 +591,10 @@ class _Run:
                 "that leaves no such remainder"
             )
 
-    def validate(self) -> dict[str, float]:
-        """Quality on the whole validation images (rank 0)."""
+    def validate(self, model: SegmentationModel | None = None) -> dict[str, float]:
+        """Quality of ``model`` (default: the run's) on the whole validation images (rank 0)."""
         return evaluate(
-            self.model,
+            model or self.model,
             self.data.dataset,
             self.data.split.val,
             inferer=run_inferer(self.cfg, self.precision),
@@ -613,21 +613,26 @@ class _Run:
             # training step (rank 0 alone) would: the final figures are taken on a plain copy
             model = prepare_model(cfg, ds.in_channels, ds.num_classes, self.device)[0]
         model.load_state_dict(state.best_state)
+        best_metrics, stored = state.best_metrics, getattr(torch, cfg.weights_dtype)
+        if stored != torch.float32:
+            # the figures of the file as stored: the weights rounded to its dtype, then measured again
+            rounded = {k: v.to(stored) if v.is_floating_point() else v for k, v in state.best_state.items()}
+            model.load_state_dict(rounded)
+            best_metrics = self.validate(model)
         record = {
             "dataset": self.data.entry.name,
             "epoch": state.best_epoch,
-            "metrics": state.best_metrics,
+            "metrics": best_metrics,
             "run_id": self.run_id,
             **self.scale.as_record(),
         }
-        save_weights(model, self.run_dir / "best.safetensors", record)
-        final = {**state.best_metrics, "best_epoch": float(state.best_epoch)}
+        save_weights(model, self.run_dir / "best.safetensors", record, dtype=stored)
+        final = {**best_metrics, "best_epoch": float(state.best_epoch)}
         cost = measure_cost(
             model,
             size=cfg.cost_size or self.crop,
             batch=cfg.cost_batch,
-            autocast_dtype=self.precision.autocast_dtype,
-            channels_last=self.precision.channels_last,
+            precision=self.precision,
         )
         rec.log_metrics(self.run_id, {**final, **cost}, step=state.best_epoch)
         rec.log_params(

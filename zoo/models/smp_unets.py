@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
 
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 from zoo.models.base import SegmentationModel
 from zoo.registry import build_model, register_model
 
@@ -76,11 +76,11 @@ class SmpUNet(SegmentationModel):
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
+            raise ConfigError(f"architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
         if not 3 <= encoder_depth <= 5:
-            raise ValueError(f"encoder_depth={encoder_depth} is out of range; use 3, 4 or 5")
+            raise ConfigError(f"encoder_depth={encoder_depth} is out of range; use 3, 4 or 5")
         if len(decoder_channels) != encoder_depth:
-            raise ValueError(
+            raise ConfigError(
                 f"decoder_channels={tuple(decoder_channels)} needs one entry per encoder stage "
                 f"(encoder_depth={encoder_depth}), e.g. {(256, 128, 64, 32, 16)[:encoder_depth]}"
             )
@@ -157,7 +157,7 @@ def _smp_weights_arg(encoder_name: str, encoder_weights: str | None) -> Any:
     if encoder_name.startswith("tu-"):
         # smp takes True for timm encoders; the timm name carries the pretrained tag
         if encoder_weights != "imagenet":
-            raise ValueError(
+            raise ConfigError(
                 f"encoder_weights={encoder_weights!r} is not available for timm encoder {encoder_name!r}; "
                 "use 'imagenet' or None (pick another pretrained tag through the timm name, e.g. "
                 "'tu-efficientnet_b0.ra_in1k')"

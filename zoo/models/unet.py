@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.models.base import SegmentationModel
 from zoo.registry import build_model, register_model
 
@@ -42,7 +43,7 @@ def _choice(option: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{option}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
+        raise ConfigError(f"{option}={value!r} is not one of {', '.join(map(repr, choices))}.{hint}")
     return str(value)
 
 
@@ -197,15 +198,15 @@ class UNet(SegmentationModel):
     ) -> None:
         super().__init__()
         if not 1 <= depth <= 6:
-            raise ValueError(f"depth={depth} is out of range; use 1 to 6 (the paper uses 4)")
+            raise ConfigError(f"depth={depth} is out of range; use 1 to 6 (the paper uses 4)")
         if base_channels < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"base_channels={base_channels} is too small; use at least 2 (the paper uses 64)"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1)")
+            raise ConfigError(f"dropout={dropout} must be in [0, 1)")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(f"in_channels={in_channels} and num_classes={num_classes} must be >= 1")
+            raise ConfigError(f"in_channels={in_channels} and num_classes={num_classes} must be >= 1")
         norm_kind = _choice("norm", norm or "none", NORMS)
         self.padding_mode = _choice("padding", padding, PADDINGS)
         up_kind = _choice("up_mode", up_mode, UP_MODES)

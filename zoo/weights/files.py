@@ -102,9 +102,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+def save_weights(
+    model: nn.Module,
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write ``model``'s state as safetensors with its name, arguments, channels and classes as metadata
-    (plus ``metadata``; non-strings as JSON). Written to a temporary file and renamed: never half a file."""
+    (plus ``metadata``; non-strings as JSON). Written to a temporary file and renamed: never half a file.
+    ``dtype``: store the floating-point tensors in it (e.g. float16: half the size); loading casts them
+    back to the model's dtype."""
     path = Path(path)
     meta = {
         "format": "unet-zoo",
@@ -117,7 +125,10 @@ def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]
     meta.update(
         {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
     )
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(state, str(tmp), metadata=meta)
