@@ -292,6 +292,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.training import train
 
     cfg: TrainConfig | None = None  # None: --resume, the run folder holds it
+    if args.resume and not (Path(args.resume) / "run.json").is_file():  # said before the store opens
+        raise ConfigError(
+            f"--resume {args.resume}: not a run folder (no run.json); pass the folder a run created "
+            f"(under {args.workdir}/EXPERIMENT/)"
+        )
     if not args.resume:
         fields = {
             "model": args.model,
