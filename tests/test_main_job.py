@@ -164,3 +164,17 @@ def test_half_precision_weights_are_half_the_file_and_carry_their_own_figures(
     again = evaluate(model, data.dataset, data.split.val, inferer=run_inferer(cfg, precision), max_images=1)
     assert again["dice"] == half.metrics["dice"]
     assert tracker.run_status(half.run_id) == "FINISHED"
+
+
+def test_each_epoch_logs_a_line_with_its_number_loss_and_dice(
+    tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = Tracker("epochs", workdir=tmp_path, tracking_uri=store)
+    with caplog.at_level(logging.INFO, logger="zoo.harness.training"):
+        result = train(tiny_run(epochs=2), tracker=tracker, workdir=tmp_path, progress=False)
+    lines = [
+        r.getMessage() for r in caplog.records if "epoch" in r.getMessage() and "val Dice" in r.getMessage()
+    ]
+    assert [line.split(":")[1].strip() for line in lines] == ["epoch 1 of 2", "epoch 2 of 2"]
+    best = result.metrics["dice"]
+    assert f"(best {best:.4f})" in lines[-1]

@@ -262,6 +262,16 @@ def _train(run: _Run, state: _Progress, *, progress: bool) -> RunResult:
                 )
                 run.save_checkpoint(state, plan, metrics)
                 rec.log_metrics(run.run_id, metrics, step=epoch)
+                log.info(
+                    "%s: epoch %d of %d: loss %.4f, val Dice %.4f (best %.4f), %.0f s",
+                    cfg.run_name,
+                    epoch + 1,
+                    plan.epochs,
+                    metrics["train_loss"],
+                    val["dice"],
+                    state.best,
+                    metrics["epoch_seconds"],
+                )
                 if plan.stop_reason is not None:
                     log.info("%s: stops after epoch %d (%s)", cfg.run_name, epoch, plan.stop_reason)
             # rank 0's plan (a time budget's, its stop) for every rank: all train the same epochs
