@@ -484,6 +484,16 @@ BAD_COMMANDS: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "synthetic={'cuont': 4}: the twin's settings are count, size and seed",
     ),
     (
+        "resize-not-a-size",
+        lambda t: _tiny_train(t / "runs", "resize=[1]"),
+        "resize=[1]: expected [H, W], two whole numbers >= 1, or null",
+    ),
+    (
+        "overrides-not-a-table",
+        lambda t: _tiny_train(t / "runs", "overrides=3"),
+        "overrides=3: expected a table of model arguments, e.g. --override base_channels=16",
+    ),
+    (
         "set-without-equals",
         lambda t: _tiny_train(t / "runs", "epochs"),
         "--set 'epochs': expected KEY=VALUE, e.g. --set epochs=5",

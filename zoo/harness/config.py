@@ -157,6 +157,7 @@ class TrainConfig:
         self._check_budget()
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm={self.clip_grad_norm!r} must be > 0 (or None: no clipping)")
+        self._check_tables()
         AugmentConfig.from_dict(self.augment)  # its keys and values, before any run starts
         unknown = (
             sorted(set(self.synthetic) - {"count", "size", "seed"})
@@ -201,6 +202,24 @@ class TrainConfig:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
         if self.fold >= self.folds:
             raise ConfigError(f"fold={self.fold!r} must be below folds={self.folds!r} (folds count from 0)")
+
+    def _check_tables(self) -> None:
+        """The list and table fields have their shape (``--set resize=[1]`` or ``overrides=3`` fail here,
+        naming the field, not deep inside a run)."""
+        r = self.resize
+        if r is not None and not (
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r)
+        ):
+            raise ConfigError(
+                f"resize={r!r}: expected [H, W], two whole numbers >= 1, or null (--set resize=[256,256])"
+            )
+        if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
+            raise ConfigError(
+                f"overrides={self.overrides!r}: expected a table of model arguments, e.g. "
+                "--override base_channels=16 (or --set 'overrides={\"base_channels\": 16}')"
+            )
 
     def _check_budget(self) -> None:
         images, seconds = self.budget_images, self.budget_seconds
