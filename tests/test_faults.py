@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import struct
 import zlib
@@ -198,6 +199,30 @@ def test_a_png_cut_short_is_refused_as_truncated(keep: float, tmp_path: Path) ->
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(DataError, match=r"cut\.png: truncated: .*re-export or re-download it"):
         read_image(path)
+
+
+def test_a_truncated_tiff_stack_is_refused_by_the_isbi_loader(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    write_stack(tmp_path / "train-volume.tif", rng.integers(0, 256, (4, 32, 32), dtype=np.uint8))
+    write_stack(tmp_path / "train-labels.tif", rng.choice(np.array([0, 255], dtype=np.uint8), (4, 32, 32)))
+    volume = tmp_path / "train-volume.tif"
+    volume.write_bytes(volume.read_bytes()[:-100])  # the last page cut short
+    before = _snapshot(tmp_path)
+    with pytest.raises(DataError, match=r"train-volume\.tif: truncated: .*re-export or re-download it"):
+        ISBI2012Dataset(tmp_path)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_image_is_said_to_be_unreadable_not_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "locked.png"
+    write_image(path, np.zeros((4, 4), dtype=np.uint8))
+    path.chmod(0)
+    try:
+        with pytest.raises(DataError, match=r"locked\.png: permission denied .*make the file readable"):
+            read_image(path)
+    finally:
+        path.chmod(0o644)
 
 
 def _truncated_slice(root: Path) -> Path:

@@ -121,6 +121,16 @@ def _open(path: Path) -> Iterator[Image.Image]:
         yield im
 
 
+def _unreadable(path: Path, err: Exception) -> DataError | None:
+    """The error for a file the operating system will not let us read, or for one cut short; None for
+    anything else (the caller words it as corruption)."""
+    if isinstance(err, PermissionError):
+        return DataError(f"{path}: permission denied ({err.strerror}); make the file readable (chmod a+r)")
+    if "truncated" in str(err):
+        return _truncated(path, f"Pillow says {err!s}")
+    return None
+
+
 def _truncated(path: Path, detail: str) -> DataError:
     return DataError(
         f"{path}: truncated: {detail}; the file was cut short (an interrupted copy, download or export): "
@@ -208,6 +218,8 @@ def image_info(path: str | Path) -> ImageInfo:
     except ZooError:
         raise
     except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
+        if (said := _unreadable(p, err)) is not None:
+            raise said from err
         raise DataError(
             f"{p}: cannot read the image header ({err}); the file is corrupted: replace it"
         ) from err
@@ -265,8 +277,8 @@ def read_image(
     except ZooError:
         raise
     except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
-        if "truncated" in str(err):
-            raise _truncated(p, f"Pillow says {err!s}") from err
+        if (said := _unreadable(p, err)) is not None:
+            raise said from err
         raise DataError(
             f"{p}: cannot decode image ({err}); the file is corrupted or truncated: replace it with a good "
             "copy (re-download or re-extract the dataset)"
@@ -319,6 +331,8 @@ def read_stack(path: str | Path) -> np.ndarray:
     except ZooError:
         raise
     except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
+        if (said := _unreadable(p, err)) is not None:
+            raise said from err
         raise DataError(
             f"{p}: cannot decode TIFF stack after {len(pages)} page(s) ({err}); the file is corrupted or "
             "truncated: replace it with a good copy"
