@@ -22,7 +22,6 @@ reported with its reason and skipped; the others are still predicted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
@@ -307,19 +306,6 @@ def _predict_page(
     return np.concatenate(bands), None
 
 
-@contextlib.contextmanager
-def _large_images_allowed() -> Iterator[None]:
-    # Pillow refuses images above ~179 Mpx as "decompression bombs" (a guard for untrusted web uploads);
-    # predict exists to segment images of any size that the user chose, so the guard is lifted while
-    # reading them
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
 def _read_pages(path: Path, in_channels: int) -> np.ndarray:
     """``(N, H, W, C)`` uint8: one page for an image, every page of a TIFF stack."""
     suffix = path.suffix.lower()
@@ -354,8 +340,7 @@ def _predict_one(
 ) -> None:
     """Predict ``outcome.input`` into ``outputs``, recording its pages, size, scale rule and warnings."""
     path = outcome.input
-    with _large_images_allowed():
-        pages = _read_pages(path, model.in_channels)
+    pages = _read_pages(path, model.in_channels)  # zoo.data.io's pixel limit applies (UNET_ZOO_MAX_PIXELS)
     training: TrainingScale | None = getattr(model, "training_scale", None)
     own = pages.shape[1:3]
     outcome.size, outcome.scale = prediction_size(own, scale, training)
