@@ -81,7 +81,8 @@ def test_a_recipes_file_with_a_typo_names_the_key_and_the_fix(tmp_path: Path) ->
         "learning_rate = 0.1\nepoch = 3\n"
     )
     with pytest.raises(
-        ValueError, match=r"unknown field\(s\) \['epoch', 'learning_rate'\] 'epoch' -> 'epochs'"
+        ValueError,
+        match=r"unknown field\(s\) \['epoch', 'learning_rate'\] 'epoch' \(did you mean 'epochs'\?\)",
     ):
         load_recipes(path)
     path.write_text('[mine]\ndescription = "x"\nmodels = "unet_bn"\ndataset = "isbi2012"\n')

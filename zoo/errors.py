@@ -8,7 +8,10 @@ working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ZooError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["ConfigError", "ZooError", "close_names"]
 
 
 class ZooError(Exception):
@@ -17,3 +20,15 @@ class ZooError(Exception):
 
 class ConfigError(ZooError, ValueError):
     """A bad setting: an unknown key, a value of the wrong type or out of its range."""
+
+
+def close_names(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """Hints for misspelt names, e.g. ``'epocs' (did you mean 'epochs'?)``, one per name of ``unknown``
+    that resembles one of ``known`` (the others get none), joined by spaces; "" when none does."""
+    choices = list(known)
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, choices, n=1)
+        if close:
+            hints.append(f"{name!r} (did you mean {close[0]!r}?)")
+    return " ".join(hints)

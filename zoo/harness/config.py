@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from zoo.data.augment import AugmentConfig
 from zoo.data.registry import get_dataset
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, close_names
 
 __all__ = ["TrainConfig", "UnknownConfigKeyError"]
 
@@ -247,13 +247,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            hints = [
-                f"{k!r} (did you mean {m[0]!r}?)"
-                for k in unknown
-                if (m := difflib.get_close_matches(k, known, 1))
-            ]
             raise UnknownConfigKeyError(
-                f"unknown config key(s) {unknown}. {' '.join(hints)} Known keys: {', '.join(sorted(known))}"
+                f"unknown config key(s) {unknown}. {close_names(unknown, known)} "
+                f"Known keys: {', '.join(sorted(known))}"
             )
         return cls(**data)
 

@@ -25,7 +25,7 @@ from typing import Any
 import tomllib
 
 from zoo.data.registry import get_dataset, list_datasets
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 
 __all__ = ["RECIPES_FILE", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes", "resolve_recipe"]
@@ -77,10 +77,9 @@ def _parse(name: str, table: Mapping[str, Any], origin: str) -> Recipe:
     fields = {k: v for k, v in table.items() if k not in _META}
     unknown = sorted(set(fields) - known)
     if unknown:
-        hints = [f"{k!r} -> {m[0]!r}?" for k in unknown if (m := difflib.get_close_matches(k, known, 1))]
         raise ConfigError(
-            f"{origin}: recipe {name!r} has unknown field(s) {unknown} {' '.join(hints)}; recipe fields are "
-            f"{', '.join(_META)} and the TrainConfig fields {', '.join(sorted(known))}"
+            f"{origin}: recipe {name!r} has unknown field(s) {unknown} {close_names(unknown, known)}; recipe "
+            f"fields are {', '.join(_META)} and the TrainConfig fields {', '.join(sorted(known))}"
         )
     missing = [k for k in ("description", "models", "dataset") if k not in table]
     if missing:

@@ -51,7 +51,7 @@ from typing import Any
 
 import tomllib
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
 from zoo.harness.recipes import get_recipe, recipe_for
@@ -135,14 +135,9 @@ def read_suite_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a valid TOML suite file ({err}); fix it there") from err
     unknown = sorted(set(spec) - set(SUITE_KEYS))
     if unknown:
-        hints = [
-            f"{k!r} (did you mean {m[0]!r}?)"
-            for k in unknown
-            if (m := difflib.get_close_matches(k, SUITE_KEYS, 1))
-        ]
         raise ConfigError(
-            f"{path}: unknown suite key(s) {unknown}. {' '.join(hints)} Suite keys: {', '.join(SUITE_KEYS)} "
-            "(TrainConfig fields go under [train])"
+            f"{path}: unknown suite key(s) {unknown}. {close_names(unknown, SUITE_KEYS)} Suite keys: "
+            f"{', '.join(SUITE_KEYS)} (TrainConfig fields go under [train])"
         )
     for key, value in spec.items():
         if not isinstance(value, _SUITE_TYPES[key][0]) or (
