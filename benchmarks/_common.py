@@ -19,6 +19,7 @@ import torch
 
 from zoo.harness.throughput import time_call
 from zoo.machine import write_results
+from zoo.runtime import Precision
 
 __all__ = [
     "DEFAULT_DATA_ROOT",
@@ -98,10 +99,9 @@ def median_seconds(
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None, *, cache: bool = True) -> torch.autocast:
-    """Autocast to ``dtype`` on ``device``, or a disabled autocast (plain eager) when ``dtype`` is None.
-    ``cache=False`` for a CUDA graph capture, which must not keep autocast's cast-weight cache."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
+    """Autocast to ``dtype`` on ``device``, or a disabled autocast (plain eager) when ``dtype`` is None:
+    :meth:`zoo.runtime.Precision.autocast`, the harness's own rule."""
+    return Precision(dtype).autocast(device, cache=cache)
 
 
 def save_results(

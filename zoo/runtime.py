@@ -88,10 +88,12 @@ class Precision:
     def memory_format(self) -> str:
         return "channels_last" if self.channels_last else "contiguous"
 
-    def autocast(self, device: torch.device | str) -> torch.autocast:
-        """The context a forward pass runs in (a disabled autocast when there is no autocast dtype)."""
+    def autocast(self, device: torch.device | str, *, cache: bool = True) -> torch.autocast:
+        """The context a forward pass runs in (a disabled autocast when there is no autocast dtype).
+        ``cache=False`` for a CUDA graph capture, which must not keep autocast's cast-weight cache."""
         device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-        return torch.autocast(device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(device_type, dtype=self.autocast_dtype, enabled=enabled, cache_enabled=cache)
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` in this memory format (in place, as ``Module.to`` is)."""
