@@ -146,6 +146,36 @@ def test_the_fingerprint_changes_when_a_file_does(shapes: Path) -> None:
     assert entry.describe(entry.load(shapes.parent))["dataset_files_fingerprint"] != before
 
 
+def test_a_registered_dataset_is_fingerprinted_too_and_the_board_names_it(tmp_path: Path) -> None:
+    """Registered datasets record the fingerprint of the files they read (relative to their folder):
+    moving the folder keeps it, changing a file changes it; the leaderboard's data column shows it."""
+    import shutil
+
+    from zoo.data.synthetic import write_em_twin
+    from zoo.report.leaderboard import describe_data
+
+    entry = get_dataset("isbi2012")
+    write_em_twin(tmp_path / "a", count=4, size=64)
+    first = entry.describe(entry.load(tmp_path / "a"))
+    assert first["dataset_files"] == "8" and "dataset_file" not in first  # 4 slices, 4 labels; no TOML
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert (
+        entry.describe(entry.load(tmp_path / "b"))["dataset_files_fingerprint"]
+        == first["dataset_files_fingerprint"]
+    )
+    label = sorted((tmp_path / "b").rglob("*.png"))[-1]
+    label.write_bytes(label.read_bytes() + b"\0")
+    assert (
+        entry.describe(entry.load(tmp_path / "b"))["dataset_files_fingerprint"]
+        != first["dataset_files_fingerprint"]
+    )
+    fingerprint = first["dataset_files_fingerprint"]
+    assert (
+        describe_data("/data/isbi2012", fingerprint)
+        == f"real data (/data/isbi2012; files {fingerprint[:12]})"
+    )
+
+
 def test_a_recipe_for_any_dataset_needs_one_named() -> None:
     with pytest.raises(ValueError, match="made for any dataset: name one"):
         resolve_recipe("folder-cpu", {})

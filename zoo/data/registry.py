@@ -161,24 +161,25 @@ class DatasetEntry:
         return group_split(dataset.groups, val_fraction=val_fraction, seed=seed)
 
     def describe(self, dataset: SegmentationDataset) -> dict[str, str]:
-        """What a run records about its data (MLflow params): the dataset's name and, for a dataset
-        file, the file's sha256 and a fingerprint of the files it read (sha256 of every image, mask and
-        region file's path relative to the dataset file and byte size: cheap for any size of dataset,
-        and it changes when a file is added, removed, renamed or rewritten to another size)."""
+        """What a run records about its data (MLflow params): the dataset's name, a fingerprint of the
+        files it read (sha256 of every image, mask and region file's path, relative to the dataset file
+        or the dataset's folder, and byte size: cheap for any size of dataset, and it changes when a
+        file is added, removed, renamed or rewritten to another size) and, for a dataset file, the
+        file's sha256."""
         out = {"dataset_name": self.name, "dataset_samples": str(len(dataset))}
-        if self.source is None:
-            return out
-        base = self.source.parent
+        base = self.source.parent if self.source is not None else getattr(dataset, "root", None)
         files = sorted(
             {Path(f.split("[page ")[0]) for it in dataset.items for f in (it.image, it.mask) if f is not None}
         )
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(f"{os.path.relpath(f, base)}\0{f.stat().st_size}\n".encode())
-        out["dataset_file"] = str(self.source)
-        out["dataset_file_sha256"] = hashlib.sha256(self.source.read_bytes()).hexdigest()
-        out["dataset_files"] = str(len(files))
-        out["dataset_files_fingerprint"] = digest.hexdigest()
+        if base is not None and files:
+            digest = hashlib.sha256()
+            for f in files:
+                digest.update(f"{os.path.relpath(f, base)}\0{f.stat().st_size}\n".encode())
+            out["dataset_files"] = str(len(files))
+            out["dataset_files_fingerprint"] = digest.hexdigest()
+        if self.source is not None:
+            out["dataset_file"] = str(self.source)
+            out["dataset_file_sha256"] = hashlib.sha256(self.source.read_bytes()).hexdigest()
         return out
 
 

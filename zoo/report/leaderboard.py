@@ -99,14 +99,16 @@ def converged_epoch(curve: dict[int, float], within: float = CONVERGED_WITHIN) -
     return min(epoch for epoch, dice in curve.items() if dice >= best - within)
 
 
-def describe_data(source: str | None) -> str:
+def describe_data(source: str | None, fingerprint: str | None = None) -> str:
     """What a run was trained and scored on, from its ``data_source`` param: a synthetic twin says so,
-    real data gives its path."""
+    real data gives its path and, when the run recorded it, the first 12 hex digits of the fingerprint
+    of the files it read (``dataset_files_fingerprint``: their paths and sizes), so that two boards on
+    different files under one path are never mixed."""
     if not source:
         return "data not recorded (the run has no data_source param)"
     if source.startswith(SYNTHETIC_PREFIX):
         return source
-    return f"real data ({source})"
+    return f"real data ({source}; files {fingerprint[:12]})" if fingerprint else f"real data ({source})"
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -203,7 +205,7 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
         rows.append(
             {
                 "dataset": p.get("dataset_name") or p.get("cfg.dataset", "?"),  # a file: its name
-                "data": describe_data(p.get("data_source")),
+                "data": describe_data(p.get("data_source"), p.get("dataset_files_fingerprint")),
                 "model": p.get("cfg.model", "?"),
                 "overrides": ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "-",
                 "seed": int(p.get("cfg.seed", 0)),
