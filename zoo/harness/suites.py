@@ -78,21 +78,6 @@ SUITE_DIRS = (
 )
 
 
-# the keys of a suite file (module docstring); a misspelt one would otherwise be ignored silently
-SUITE_KEYS = (
-    "name",
-    "description",
-    "models",
-    "datasets",
-    "seeds",
-    "tiny",
-    "recipes",
-    "train",
-    "dataset",
-    "model",
-)
-
-
 class UnknownSuiteError(ZooError, FileNotFoundError):
     """No suite file of that name or path; the message lists the close and the known suites."""
 
@@ -161,6 +146,8 @@ _SUITE_TYPES: dict[str, tuple[type, type, str]] = {
     "dataset": (dict, object, "tables [dataset.NAME] with TrainConfig fields"),
     "model": (dict, object, "tables [model.NAME] with TrainConfig fields"),
 }
+SUITE_KEYS = tuple(_SUITE_TYPES)
+"""The keys of a suite file (module docstring); a misspelt one would otherwise be ignored silently."""
 
 
 def load_suite(

@@ -335,6 +335,8 @@ class _Run:
     out_size: int
     crops: RandomCrops
     micro_batches: int  # of a whole epoch; 0: one pass over the crops
+    augment: AugmentConfig
+    inferer: TiledInferer  # how validation images are predicted (run_inferer)
     scale: TrainingScale
     run_id: str = ""
     run_dir: Path = Path()
@@ -396,6 +398,8 @@ class _Run:
             out_size=out_size,
             crops=crops,
             micro_batches=micro_batches,
+            augment=AugmentConfig(**cfg.augment),
+            inferer=run_inferer(cfg, precision),
             scale=TrainingScale(resize=resize, image_size=(height, width)),
         )
 
@@ -518,7 +522,6 @@ class _Run:
             group["lr"] = lr
         self.crops.set_epoch(epoch)
         gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch))
-        aug = AugmentConfig(**cfg.augment)
         # dropout; each rank its own masks, or all ranks would drop the same units of different samples
         torch.manual_seed(_seed(_seed(cfg.seed, epoch), ctx.rank) if ctx.enabled else _seed(cfg.seed, epoch))
         # global batches in the sampler's seeded order (same crops); each rank loads its part only
@@ -556,7 +559,7 @@ class _Run:
             # random numbers drawn for the whole global batch, this rank's rows kept: each sample is
             # augmented as one process would augment it
             image, mask, weight = augment_batch(
-                image, mask, weight, config=aug, generator=gen, part=sampler.part(i)
+                image, mask, weight, config=self.augment, generator=gen, part=sampler.part(i)
             )
             with self.precision.autocast(device):
                 logits = self.step_model(self.precision.input(image))
@@ -607,7 +610,7 @@ class _Run:
             model or self.model,
             self.data.dataset,
             self.data.split.val,
-            inferer=run_inferer(self.cfg, self.precision),
+            inferer=self.inferer,
             isbi=self.data.entry.isbi,
             max_images=self.cfg.max_val_images,
         )
@@ -663,7 +666,7 @@ class _Run:
     def _log_artifacts(self, model: SegmentationModel) -> None:
         assert self.rec is not None
         self.rec.log_artifact(self.run_id, self.run_dir / "best.safetensors", "weights")
-        ds, inferer = self.data.dataset, run_inferer(self.cfg, self.precision)
+        ds, inferer = self.data.dataset, self.inferer
         for i in self.data.split.val[:2]:
             image, mask = ds[i][0], ds[i][1]
             pred = inferer.logits(model, image).argmax(1)[0]
