@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, ZooError, close_names
 
 __all__ = [
     "ModelArgumentError",
@@ -190,14 +190,9 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
         )
     unknown = sorted(k for k in kwargs if k not in accepted and k not in _STRUCTURAL)
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, accepted, n=1)
-            if close:
-                hints.append(f"{k!r} -> did you mean {close[0]!r}?")
-        hint = (" " + "; ".join(hints)) if hints else ""
         raise ModelArgumentError(
-            f"{name}: unknown override(s) {unknown}.{hint} Accepted overrides: {', '.join(accepted)}"
+            f"{name}: unknown override(s) {unknown}. {close_names(unknown, accepted)} "
+            f"Accepted overrides: {', '.join(accepted)}"
         )
     args = {**recipe, **kwargs}
     model = cls(**args)
