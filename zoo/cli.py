@@ -21,6 +21,9 @@ from zoo.errors import ConfigError, ZooError
 from zoo.factory import model_info
 from zoo.registry import list_models
 
+TUNED_RECIPES = "tuned-recipes.toml"
+"""Where ``unet-zoo tune`` writes tuned recipes in the workdir; train, bench and recipes read it."""
+
 if TYPE_CHECKING:
     from zoo.harness.tracking import Tracker
 
@@ -252,9 +255,31 @@ def _tracker(args: argparse.Namespace, default_experiment: str) -> Tracker:
     return Tracker(args.experiment or default_experiment, workdir=args.workdir)
 
 
+def _use_recipes(args: argparse.Namespace) -> None:
+    """The tuned recipes a study wrote into the workdir, and any --recipes file, for every lookup."""
+    from zoo.harness.recipes import use_recipe_files
+
+    tuned = Path(args.workdir) / TUNED_RECIPES
+    files = [*([tuned] if tuned.is_file() else []), *(args.recipes or [])]
+    for path in map(Path, files):
+        if not path.is_file():
+            raise ConfigError(f"--recipes {path}: no such file (a recipes TOML, e.g. {tuned})")
+    use_recipe_files(*files)
+
+
+def _trial_resources(args: argparse.Namespace) -> dict[str, float] | None:
+    """A Ray trial's resources when --cpus-per-trial or --gpus-per-trial is given (else the engine's
+    rule: a GPU on GPU nodes, one CPU otherwise)."""
+    if args.cpus_per_trial is None and args.gpus_per_trial is None:
+        return None
+    gpus = args.gpus_per_trial or 0.0
+    return {"cpu": args.cpus_per_trial or (2.0 if gpus else 1.0), "gpu": gpus}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from zoo.harness import load_suite, run_suite
 
+    _use_recipes(args)
     suite = load_suite(
         args.suite,
         models=args.models,
@@ -266,7 +291,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
     print(f"suite {suite.name}: {len(suite.runs)} runs on {source}", flush=True)
     tracker = _tracker(args, f"suite-{suite.name}")
-    outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir, jobs=args.jobs)
+    outcomes = run_suite(
+        suite,
+        tracker=tracker,
+        workdir=args.workdir,
+        jobs=args.jobs,
+        backend=args.backend,
+        address=args.address,
+        resources=_trial_resources(args),
+    )
     _print_results(outcomes)
     uri = tracker.uri
     print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")
@@ -284,6 +317,67 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any(not hasattr(o, "run_id") for _, o in outcomes) else 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from zoo.harness import load_suite
+    from zoo.harness.spaces import load_spaces
+    from zoo.harness.suites import find_suite, read_suite_file
+    from zoo.harness.tuning import make_studies, run_study, tune_settings, write_tuned_recipe
+
+    path = find_suite(args.suite)
+    settings = tune_settings(read_suite_file(path), str(path))
+    for key in ("trials", "max_images", "seconds", "sampler", "pruner"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    suite = load_suite(
+        args.suite,
+        models=args.models,
+        datasets=args.datasets,
+        seeds=1,
+        data_root=args.data_root,
+        extra=_key_values(args.set, "--set"),
+        tuned=False,
+    )
+    spaces = load_spaces(args.space) if args.space else None
+    studies = make_studies(suite.runs, suite=suite.name, settings=settings, space=spaces)
+    tracker = _tracker(args, f"tune-{suite.name}")
+    out = Path(args.recipes_out or Path(args.workdir) / TUNED_RECIPES)
+    source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
+    print(
+        f"suite {suite.name}: {len(studies)} studies on {source}, each {studies[0].budget.describe()} "
+        f"({studies[0].sampler} sampler, {studies[0].pruner} pruning, {args.backend} engine)",
+        flush=True,
+    )
+    rows, failed = [], 0
+    for study in studies:
+        result = run_study(
+            study,
+            tracker=tracker,
+            workdir=args.workdir,
+            engine=args.backend,
+            address=args.address,
+            resources=_trial_resources(args),
+        )
+        best = result.best
+        if best is None:
+            failed += 1
+            rows.append([study.name, "-", "no trial completed", "", "", ""])
+            continue
+        name = write_tuned_recipe(result, out, tracking_uri=tracker.uri, experiment=tracker.experiment)
+        counts = f"{result.count('complete')}/{result.count('pruned')}/{result.count('failed')}"
+        values = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.values.items()
+        )
+        rows.append([study.name, f"{best.value:.4f}", name, counts, f"{result.seconds / 60:.1f}", values])
+    print(
+        _table(
+            rows, ["study", "best Dice", "tuned recipe", "done/pruned/failed", "min", "best values"], {1, 4}
+        )
+    )
+    print(f"\ntuned recipes: {out} (`unet-zoo recipes`, `train --recipe NAME`, `bench --suite {suite.name}`)")
+    print(f"trials: MLflow experiment {tracker.experiment!r} at {tracker.uri}")
+    return 1 if failed else 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.data.registry import get_dataset
     from zoo.harness.config import TrainConfig
@@ -291,6 +385,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from zoo.harness.recipes import resolve_recipe
     from zoo.harness.training import train
 
+    _use_recipes(args)
     cfg: TrainConfig | None = None  # None: --resume, the run folder holds it
     if args.resume and not (Path(args.resume) / "run.json").is_file():  # said before the store opens
         raise ConfigError(
@@ -330,20 +425,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from zoo.harness.recipes import list_recipes
 
+    _use_recipes(args)
     recipes = list_recipes(args.pattern)
     if not recipes:
         print(f"no recipe matches {args.pattern!r}; see `unet-zoo recipes`", file=sys.stderr)
         return 1
     if not args.show:
-        rows = [[r.name, r.dataset, ", ".join(r.models), r.description.split(": ")[0]] for r in recipes]
-        print(_table(rows, ["name", "dataset", "models", "what"], right=set()))
+        rows = [
+            [r.name, r.dataset, ", ".join(r.models), _recipe_origin(r), r.description.split(": ")[0]]
+            for r in recipes
+        ]
+        print(_table(rows, ["name", "dataset", "models", "made by", "what"], right=set()))
         return 0
     for r in recipes:
         print(f"[{r.name}]  # {r.dataset}; models {', '.join(r.models)}")
         for key, value in sorted(r.fields.items()):
             print(f"{key} = {json.dumps(value)}")
+        for key, value in (r.tuned or {}).items():
+            print(f"# tuned.{key} = {json.dumps(value)}")
         print()
     return 0
+
+
+def _recipe_origin(recipe: Any) -> str:
+    """Who made a recipe: by hand, or a study (its name, trials, budget and date: its provenance)."""
+    t = recipe.tuned
+    if not t:
+        return "hand"
+    return f"study {t.get('study')} ({t.get('budget')}; {t.get('date')}, {t.get('commit')})"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -598,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recipes", help="named training recipes (`train --recipe NAME`)")
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard on the name (default: all)")
     p.add_argument("--show", action="store_true", help="every field of each recipe, as TOML")
+    p.add_argument("--recipes", action="append", metavar="FILE", help="more recipes files (tuned recipes)")
+    p.add_argument("--workdir", default="runs", help=f"its {TUNED_RECIPES} (a study's) is read too")
     p.set_defaults(func=_cmd_recipes)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -659,6 +770,23 @@ def build_parser() -> argparse.ArgumentParser:
             "--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. epochs=3"
         )
 
+    def engine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--backend",
+            choices=("local", "ray"),
+            default="local",
+            help="local: this machine; ray: Ray Tune trials on a local Ray or a cluster (pip install "
+            "'unet-zoo[tune]')",
+        )
+        p.add_argument(
+            "--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+        )
+        p.add_argument("--cpus-per-trial", type=float, default=None, help="Ray: CPUs (threads) per trial")
+        p.add_argument("--gpus-per-trial", type=float, default=None, help="Ray: GPUs per trial")
+        p.add_argument(
+            "--recipes", action="append", metavar="FILE", help="more recipes files (tuned recipes)"
+        )
+
     p = sub.add_parser("bench", help="run a benchmark suite (default: the main job)")
     p.add_argument("--suite", default="default", help="suite name in benchmarks/suites or a .toml path")
     p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
@@ -676,7 +804,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-out", default=None, help="leaderboard folder (default: WORKDIR/reports/EXPERIMENT)"
     )
     run_options(p)
+    engine_options(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "tune",
+        help="search each (model, dataset) of a suite with the same budget; write tuned recipes",
+    )
+    p.add_argument(
+        "--suite", required=True, help="suite name or .toml path; its [tune] table holds the study"
+    )
+    p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
+    p.add_argument("--datasets", nargs="+", default=None, help="registered datasets or dataset files")
+    p.add_argument(
+        "--trials", type=int, default=None, help="trials per study (the budget, with --max-images)"
+    )
+    p.add_argument("--max-images", type=int, default=None, help="training images per trial at most")
+    p.add_argument("--seconds", type=float, default=None, help="a wall-clock limit per study on top")
+    p.add_argument("--sampler", choices=("tpe", "random"), default=None, help="Optuna sampler (default tpe)")
+    p.add_argument(
+        "--pruner", choices=("median", "asha", "none"), default=None, help="pruning (default median)"
+    )
+    p.add_argument("--space", default=None, help="a search spaces TOML (default: zoo/harness/spaces.toml)")
+    p.add_argument(
+        "--recipes-out", default=None, help=f"recipes file to write (default: WORKDIR/{TUNED_RECIPES})"
+    )
+    run_options(p)
+    engine_options(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser(
         "train",
@@ -696,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16"
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    p.add_argument("--recipes", action="append", metavar="FILE", help="more recipes files (tuned recipes)")
     run_options(p)
     p.set_defaults(func=_cmd_train)
 

@@ -50,8 +50,9 @@ class TrainConfig:
         max_val_images: score at most this many validation images (None: all).
         optimizer: "adamw", "adam" or "sgd" (momentum 0.99, as the paper).
         schedule: "cosine", "constant" or "step" (x0.1 at 2/3 of the epochs); warmup_epochs linear warm-up.
-        loss: "ce", "dice" or "ce+dice"; weight_map: the paper's border weights on the CE term (datasets
-            whose entry names the class of touching objects: ISBI's cells).
+        loss: "ce", "dice" or "ce+dice"; dice_weight: the Dice term's weight beside cross-entropy in
+            "ce+dice" (the loss mix a study searches; 1: their plain sum); weight_map: the paper's border
+            weights on the CE term (datasets whose entry names the class of touching objects: ISBI's cells).
         amp: "auto" (bf16 where supported), "bf16", "fp16" (CUDA, with a grad scaler) or "none".
         channels_last: None = with amp on; compile: ``torch.compile`` the model.
         accumulate: gradient accumulation steps; deterministic: deterministic kernels (slower).
@@ -99,6 +100,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 0
     loss: str = "ce+dice"
+    dice_weight: float = 1.0
     weight_map: bool = False
     amp: str = "auto"
     channels_last: bool | None = None
@@ -138,6 +140,7 @@ class TrainConfig:
         "max_val_images": (1, None),
         "lr": (0, None),  # 0 is allowed: a run that must not improve (tests of early stopping)
         "weight_decay": (0, None),
+        "dice_weight": (0, None),
         "momentum": (0, 1),
         "warmup_epochs": (0, None),
         "accumulate": (1, None),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -28,11 +29,24 @@ from zoo.data.registry import get_dataset, list_datasets
 from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 
-__all__ = ["RECIPES_FILE", "Recipe", "UnknownRecipeError", "get_recipe", "list_recipes", "resolve_recipe"]
+__all__ = [
+    "RECIPES_FILE",
+    "TUNED_FILE",
+    "Recipe",
+    "UnknownRecipeError",
+    "get_recipe",
+    "list_recipes",
+    "resolve_recipe",
+    "use_recipe_files",
+]
+
+log = logging.getLogger(__name__)
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+TUNED_FILE = Path(__file__).with_name("tuned.toml")
+"""The published tuned recipes (``unet-zoo tune --recipes-out``): built in, as the hand-made ones are."""
 ANY_DATASET = "*"
-_META = ("description", "models", "dataset", "reference")
+_META = ("description", "models", "dataset", "reference", "tuned")
 
 
 class UnknownRecipeError(ZooError, ValueError):
@@ -51,6 +65,8 @@ class Recipe:
             included (a starting point for a user's data).
         fields: ``TrainConfig`` fields (the dataset and model excepted).
         reference: where its settings and expected results come from (a measurement, a paper).
+        tuned: for a recipe a study wrote (``unet-zoo tune``), its provenance: study, trials, budget,
+            what was searched, the best trial, engine, date and commit (:mod:`zoo.harness.tuning`).
     """
 
     name: str
@@ -59,6 +75,7 @@ class Recipe:
     dataset: str
     fields: Mapping[str, Any]
     reference: str = ""
+    tuned: Mapping[str, Any] | None = None
 
     def applies_to(self, model: str, dataset: str) -> bool:
         """Whether it was made for ``model`` on ``dataset`` (a registered name or a dataset file)."""
@@ -87,15 +104,27 @@ def _parse(name: str, table: Mapping[str, Any], origin: str) -> Recipe:
     models = table["models"]
     if isinstance(models, str) or not models:
         raise ConfigError(f"{origin}: recipe {name!r}: models must be a non-empty list of registry patterns")
+    tuned = table.get("tuned")
+    if tuned is not None and not isinstance(tuned, Mapping):
+        raise ConfigError(f"{origin}: recipe {name!r}: tuned must be a table (a study's provenance)")
     return Recipe(
-        name, table["description"], tuple(models), table["dataset"], fields, table.get("reference", "")
+        name,
+        table["description"],
+        tuple(models),
+        table["dataset"],
+        fields,
+        table.get("reference", ""),
+        tuned,
     )
 
 
 def load_recipes(path: str | Path = RECIPES_FILE) -> dict[str, Recipe]:
     """Every recipe of a recipes file, by name; each checked against ``TrainConfig``'s fields."""
     path = Path(path)
-    spec = tomllib.loads(path.read_text())
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable recipes file ({err})") from err
     recipes = {name: _parse(name, table, str(path)) for name, table in spec.items()}
     for recipe in recipes.values():  # the full check of values (choices, ranges) that TrainConfig does
         stand_in = {"dataset": list_datasets()[0]} if recipe.dataset == ANY_DATASET else {}
@@ -103,9 +132,35 @@ def load_recipes(path: str | Path = RECIPES_FILE) -> dict[str, Recipe]:
     return recipes
 
 
+_EXTRA_FILES: list[Path] = []
+
+
+def use_recipe_files(*paths: str | Path) -> None:
+    """Add recipes files (a study's ``tuned-recipes.toml``) to those every lookup reads, after the
+    built-in ones. A tuned recipe in a later file replaces one of the same name (a study run again:
+    logged); any other name defined twice is an error naming both files."""
+    for path in map(Path, paths):
+        if path.resolve() not in (p.resolve() for p in _EXTRA_FILES):
+            _EXTRA_FILES.append(path)
+    _builtin.cache_clear()
+
+
 @cache
 def _builtin() -> dict[str, Recipe]:
-    return load_recipes(RECIPES_FILE)
+    recipes: dict[str, Recipe] = {}
+    origin: dict[str, Path] = {}
+    for path in (RECIPES_FILE, TUNED_FILE, *_EXTRA_FILES):
+        if path == TUNED_FILE and not path.is_file():
+            continue
+        for name, recipe in load_recipes(path).items():
+            if name in recipes and recipes[name].tuned and recipe.tuned:
+                log.info("recipe %s: the one in %s replaces the one in %s", name, path, origin[name])
+            elif name in recipes:
+                raise ConfigError(
+                    f"recipe {name!r} is defined in {origin[name]} and again in {path}; rename one"
+                )
+            recipes[name], origin[name] = recipe, path
+    return recipes
 
 
 def list_recipes(pattern: str = "*") -> list[Recipe]:

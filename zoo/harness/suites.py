@@ -16,10 +16,16 @@ Format::
     resize = [96, 144]
     [model.unet]                  # fields for runs of one model (overrides merge)
     crop = 188
+    [tune]                        # a study per (model, dataset): `unet-zoo tune` (zoo.harness.tuning)
+    trials = 8
+    max_images = 480
+    tuned = true                  # `bench` runs start from the tuned recipes the suite's studies wrote
 
 Fields apply from the lowest to the highest: the run's recipe, ``[train]``, ``[dataset.X]``, ``[model.X]``,
 the CLI's ``--set``; model ``overrides`` merge key by key in that order (a ``tiny`` suite's just above the
-recipe's).
+recipe's). In a ``tuned`` suite each run starts from the tuned recipe of its model and dataset
+(:func:`zoo.harness.tuning.tuned_recipe_name`), which already holds the suite's fields: only the seed,
+the data root and ``--set`` go on top; ``unet-zoo tune`` expands the same file without them.
 
 ``run_suite(..., jobs=N)`` (``unet-zoo bench --jobs N``) trains N runs at once in worker processes that
 share the cores and record into the same store and parent run.
@@ -54,9 +60,10 @@ import tomllib
 from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
-from zoo.harness.recipes import get_recipe, recipe_for
+from zoo.harness.recipes import get_recipe, recipe_for, resolve_recipe
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, train
+from zoo.harness.tuning import tuned_recipe_name
 from zoo.registry import get_entry, list_models
 
 __all__ = [
@@ -145,6 +152,8 @@ _SUITE_TYPES: dict[str, tuple[type, type, str]] = {
     "train": (dict, object, "a table: [train] with TrainConfig fields"),
     "dataset": (dict, object, "tables [dataset.NAME] with TrainConfig fields"),
     "model": (dict, object, "tables [model.NAME] with TrainConfig fields"),
+    "tune": (dict, object, "a table: [tune] with trials, max_images ... (zoo.harness.tuning)"),
+    "tuned": (bool, bool, "true or false"),
 }
 SUITE_KEYS = tuple(_SUITE_TYPES)
 """The keys of a suite file (module docstring); a misspelt one would otherwise be ignored silently."""
@@ -158,10 +167,18 @@ def load_suite(
     seeds: int | None = None,
     data_root: str | None = None,
     extra: dict[str, Any] | None = None,
+    tuned: bool | None = None,
 ) -> Suite:
-    """Expand a suite file into run configs, narrowed by the CLI's ``--models/--datasets/--seeds``."""
+    """Expand a suite file into run configs, narrowed by the CLI's ``--models/--datasets/--seeds``.
+
+    ``tuned``: start each run from its tuned recipe (default: the file's ``tuned`` key); False gives the
+    configs a study starts from.
+    """
     path = find_suite(name_or_path)
     spec = read_suite_file(path)
+    suite_name = spec.get("name", path.stem)
+    if tuned is None:
+        tuned = spec.get("tuned", False)
     patterns = [models] if models else spec.get("models", ["*"])
     names = sorted({n for p in patterns for n in list_models(p)})
     if not names:
@@ -175,6 +192,9 @@ def load_suite(
     runs = []
     for dataset in chosen_datasets:
         for name in names:
+            if tuned:
+                runs.extend(_tuned_runs(suite_name, name, dataset, seed_list, data_root, extra))
+                continue
             recipe = recipe_for(recipe_names, name, dataset)
             for seed in seed_list:
                 fields: dict[str, Any] = dict(recipe.fields) if recipe else {}
@@ -199,7 +219,30 @@ def load_suite(
                     recipe=recipe.name if recipe else None,
                 )
                 runs.append(TrainConfig.from_dict(fields))
-    return Suite(spec.get("name", path.stem), spec.get("description", ""), runs)
+    return Suite(suite_name, spec.get("description", ""), runs)
+
+
+def _tuned_runs(
+    suite: str,
+    model: str,
+    dataset: str,
+    seeds: Sequence[int],
+    data_root: str | None,
+    extra: dict[str, Any] | None,
+) -> list[TrainConfig]:
+    name = tuned_recipe_name(suite, model, dataset)
+    try:
+        get_recipe(name)
+    except ZooError as err:
+        raise ConfigError(
+            f"suite {suite!r} runs tuned recipes, and {name!r} does not exist yet: tune it first with "
+            f"`unet-zoo tune --suite {suite} --models {model} --datasets {dataset}` (its recipe goes to "
+            "WORKDIR/tuned-recipes.toml, which bench reads), or pass the file with --recipes"
+        ) from err
+    return [
+        resolve_recipe(name, {**(extra or {}), "seed": seed, "data_root": data_root, "dataset": dataset})
+        for seed in seeds
+    ]
 
 
 def format_duration(seconds: float, *, coarse: bool = False) -> str:
@@ -259,17 +302,30 @@ class _Progress:
 
 
 def run_suite(
-    suite: Suite, *, tracker: Tracker, workdir: str = "runs", progress: bool = True, jobs: int = 1
+    suite: Suite,
+    *,
+    tracker: Tracker,
+    workdir: str = "runs",
+    progress: bool = True,
+    jobs: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> list[tuple[str, object]]:
     """Run every config of ``suite`` under one parent MLflow run; a failing run is recorded and skipped.
 
     Args:
         jobs: runs trained at once, each in its own process (1: one after another, in this process).
+        backend: "local" (this machine, ``jobs`` at a time) or "ray": each run a Ray Tune trial on a
+            local Ray or the cluster at ``address``, ``resources`` per trial
+            (:mod:`zoo.harness.ray_engine`; ``jobs`` does not apply).
 
     Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
     """
     if jobs < 1:
         raise ConfigError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend={backend!r} is not one of 'local', 'ray'")
     parent = tracker.start_run(suite.name, tags={"zoo.kind": "suite", "suite": suite.name})
     tracker.log_params(
         parent,
@@ -286,6 +342,19 @@ def run_suite(
     outcomes: list[tuple[str, object]] = []
     report = _Progress(len(suite.runs), jobs)
     try:
+        if backend == "ray":
+            from zoo.harness.ray_engine import run_suite_on_ray
+
+            outcomes = run_suite_on_ray(
+                suite.name,
+                suite.runs,
+                tracker=tracker,
+                parent=parent,
+                workdir=workdir,
+                address=address,
+                resources=resources,
+            )
+            return outcomes  # Ray reports the trials' progress itself
         if jobs > 1:
             outcomes = _run_parallel(
                 suite, tracker=tracker, workdir=workdir, parent=parent, jobs=jobs, report=report
@@ -367,7 +436,7 @@ def _train_job(job: _Job) -> RunResult:
         raise
 
 
-def _prepare_synthetic_twins(runs: Sequence[TrainConfig], workdir: str) -> None:
+def prepare_synthetic_twins(runs: Sequence[TrainConfig], workdir: str) -> None:
     # A twin is written on first use; write each one here, before the workers start, so that they only
     # read it: two workers writing the same twin at once would each see the other's half-written files.
     seen = set()
@@ -401,7 +470,7 @@ def _run_parallel(
         threads,
         cores,
     )
-    _prepare_synthetic_twins(suite.runs, workdir)
+    prepare_synthetic_twins(suite.runs, workdir)
     levels = tuple((n, logging.getLogger(n).getEffectiveLevel()) for n in ("", "mlflow", "alembic"))
     context = multiprocessing.get_context("spawn")
     pools: list[ProcessPoolExecutor | None] = [None] * workers

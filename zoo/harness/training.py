@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,39 @@ from zoo.runtime import Precision, resolve_device
 from zoo.tiling import TiledInferer
 from zoo.weights import TrainingScale, save_weights
 
-__all__ = ["NonFiniteLossError", "RunResult", "prepare_model", "run_inferer", "train"]
+__all__ = [
+    "EpochCallback",
+    "NonFiniteLossError",
+    "RunResult",
+    "RunStopped",
+    "prepare_model",
+    "run_inferer",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(ZooError, FloatingPointError):
     """The loss became NaN or infinite; the run is marked failed and its last checkpoint kept."""
+
+
+class RunStopped(Exception):
+    """Raised by an epoch callback to end the run after that epoch: a study pruning a trial.
+
+    The run is recorded as stopped (MLflow status KILLED, tag ``zoo.stopped`` = ``reason``) with its
+    per-epoch curve and no final figures; its checkpoint is dropped (nothing resumes a stopped trial)."""
+
+    def __init__(self, reason: str = "pruned") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.run_id = ""  # set by the loop: the stopped run's MLflow id
+
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+"""Called after each epoch is validated, checkpointed and recorded, with the epoch and its metrics
+(``val_dice`` ...): a study reports the curve to its pruner, and raises :class:`RunStopped` to prune.
+Single-process runs only (under torchrun the other ranks would not learn of the stop)."""
 
 
 @dataclass
@@ -117,7 +143,7 @@ def _loss(
         valid = (target >= 0).unsqueeze(1).float()
         inter = all_reduce_sum((probs * onehot * valid).sum((0, 2, 3)), ctx)
         denom = all_reduce_sum(((probs + onehot) * valid).sum((0, 2, 3)), ctx)
-        total = total + (1 - (2 * inter + 1) / (denom + 1)).mean()
+        total = total + cfg.dice_weight * (1 - (2 * inter + 1) / (denom + 1)).mean()
     return total
 
 
@@ -181,6 +207,7 @@ def train(
     resume: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> RunResult:
     """Train and evaluate one (model, dataset, seed) run, recorded in MLflow.
 
@@ -195,6 +222,11 @@ def train(
         parent_run_id: the suite's parent run.
         resume: a run folder of a run that was killed or failed; training continues from its last
             checkpoint. A finished run is refused: it has dropped its checkpoint (``keep_checkpoint``).
+        on_epoch: called on the recording process after each epoch's validation (:data:`EpochCallback`);
+            raising :class:`RunStopped` there ends the run as stopped.
+
+    Raises:
+        RunStopped: ``on_epoch`` stopped the run (it is recorded as stopped).
     """
     workdir = Path(workdir)
     if resume is None and cfg is None:
@@ -216,7 +248,7 @@ def train(
             state = _Progress()
         else:
             state = run.resume(Path(resume))
-        return _train(run, state, progress=progress and ctx.is_main)
+        return _train(run, state, progress=progress and ctx.is_main, on_epoch=on_epoch)
 
 
 def _resumable_config(run_dir: Path, tracker: Tracker | None) -> TrainConfig:
@@ -235,7 +267,7 @@ def _resumable_config(run_dir: Path, tracker: Tracker | None) -> TrainConfig:
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
-def _train(run: _Run, state: _Progress, *, progress: bool) -> RunResult:
+def _train(run: _Run, state: _Progress, *, progress: bool, on_epoch: EpochCallback | None) -> RunResult:
     """Epochs until the plan stops, then the final figures. Rank 0 validates, records and checkpoints;
     every rank trains."""
     cfg, ctx, rec = run.cfg, run.ctx, run.rec
@@ -274,6 +306,8 @@ def _train(run: _Run, state: _Progress, *, progress: bool) -> RunResult:
                 )
                 if plan.stop_reason is not None:
                     log.info("%s: stops after epoch %d (%s)", cfg.run_name, epoch, plan.stop_reason)
+                if on_epoch is not None:  # the epoch is recorded: a study may prune the run here
+                    on_epoch(epoch, metrics)
             # rank 0's plan (a time budget's, its stop) for every rank: all train the same epochs
             plan = distributed.broadcast(plan, ctx)
             if plan.stop_reason is not None:
@@ -282,6 +316,13 @@ def _train(run: _Run, state: _Progress, *, progress: bool) -> RunResult:
         result = distributed.broadcast(result, ctx)
         assert result is not None
         return result
+    except RunStopped as stop:  # a study's decision: the curve so far is the record
+        stop.run_id = run.run_id
+        if rec is not None:
+            rec.set_tags(run.run_id, {"zoo.stopped": stop.reason})
+            rec.finish(run.run_id, "KILLED")
+            _drop_checkpoint(cfg, run.run_dir, force=True)
+        raise
     except KeyboardInterrupt:
         if rec is not None:
             rec.finish(run.run_id, "KILLED")
@@ -674,11 +715,11 @@ class _Run:
             self.rec.log_artifact(self.run_id, path, "overlays")
 
 
-def _drop_checkpoint(cfg: TrainConfig, run_dir: Path) -> None:
-    # Only after the run is marked FINISHED: a process killed before that leaves a run that is still
-    # RUNNING, which --resume must be able to pick up from this file.
+def _drop_checkpoint(cfg: TrainConfig, run_dir: Path, *, force: bool = False) -> None:
+    # Only after the run is marked FINISHED (or stopped): a process killed before that leaves a run that
+    # is still RUNNING, which --resume must be able to pick up from this file.
     path = run_dir / "checkpoint.pt"
-    if cfg.keep_checkpoint or not path.is_file():
+    if (cfg.keep_checkpoint and not force) or not path.is_file():
         return
     size = path.stat().st_size
     try:
