@@ -212,6 +212,7 @@ def run_study_on_ray(
                 scheduler=_scheduler(study),
                 num_samples=study.budget.trials,
                 time_budget_s=study.budget.seconds,
+                reuse_actors=True,  # a worker imports torch and the zoo once, not once per trial
             ),
             run_config=tune.RunConfig(name=study.name, storage_path=str(path.parent), verbose=0),
         )
@@ -287,6 +288,7 @@ def run_suite_on_ray(
         tuner = tune.Tuner(
             trainable,
             param_space={"run": tune.grid_search(list(range(len(runs))))},
+            tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0),
         )
     grid = tuner.fit()

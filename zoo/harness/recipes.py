@@ -88,6 +88,28 @@ class Recipe:
     def default_model(self) -> str:
         return self.models[0]
 
+    def tuning(self) -> str:
+        """How a tuned recipe was found, in one line (runs record it; the leaderboard shows it); "-" for a
+        recipe made by hand."""
+        t = self.tuned
+        if not t:
+            return "-"
+        searched = ", ".join(str(s).split(" in ")[0] for s in t.get("searched", []))
+        return (
+            f"study {t.get('study')} ({t.get('engine')}, {t.get('sampler')} sampler, {t.get('pruner')} "
+            f"pruning): {t.get('budget')}; searched {searched}; {t.get('date')}"
+        )
+
+
+def recipe_tuning(name: str | None) -> str:
+    """:meth:`Recipe.tuning` of the recipe ``name``; "-" without one, or for a name no longer known."""
+    if name is None:
+        return "-"
+    try:
+        return get_recipe(name).tuning()
+    except UnknownRecipeError:  # a run resolved where another recipes file was read
+        return "-"
+
 
 def _parse(name: str, table: Mapping[str, Any], origin: str) -> Recipe:
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "dataset", "recipe", "data_root"}

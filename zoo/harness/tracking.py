@@ -22,7 +22,11 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
   "budget_seconds" or "budget_images"; :mod:`zoo.harness.budget` gives the rules) and
   ``stopped_early`` (True when ``stop_reason`` is "patience": early stopping);
 - tags: ``git_commit``, ``git_dirty``, ``torch_version``, ``cuda_version``, ``device_name``, ``suite``,
-  ``zoo.kind`` ("suite" or "run");
+  ``zoo.kind`` ("suite" or "run"; a study's parent run "study", its trials "trial", with ``zoo.study``
+  and ``zoo.trial``: :mod:`zoo.harness.tuning`), ``zoo.stopped`` on a run a study stopped (status
+  KILLED: "pruned", or "sweep killed" for the trial a killed sweep left running);
+- param ``recipe_tuning``: for a run from a tuned recipe, how the recipe was found (study, engine, budget,
+  what was searched, date; ``Recipe.tuning``), "-" otherwise;
 - metrics per epoch (step = epoch): ``train_loss``, ``val_`` + each quality key below, ``lr``,
   ``train_seconds`` and ``train_steps`` (the training loop alone: micro-batches), ``epoch_seconds``
   (with validation; the checkpoint, which holds these metrics, is written after it; a time budget

@@ -43,6 +43,7 @@ from zoo.harness.config import TrainConfig
 from zoo.harness.data import RunData, build_data
 from zoo.harness.distributed import Distributed, all_reduce_sum
 from zoo.harness.evaluate import evaluate, save_overlay
+from zoo.harness.recipes import recipe_tuning
 from zoo.harness.throughput import measure_cost
 from zoo.harness.tracking import Tracker, class_names_param, git_state
 from zoo.machine import describe_machine
@@ -481,6 +482,7 @@ class _Run:
         params.update(
             {
                 "model_args": json.dumps(self.model.model_args, sort_keys=True, default=str),
+                "recipe_tuning": recipe_tuning(cfg.recipe),
                 "data_source": self.data.source,
                 **self.data.entry.describe(ds),
                 **class_names_param(ds.class_names),

@@ -62,6 +62,7 @@ SYNTHETIC_PREFIX = "synthetic twin of"
 PROVENANCE = {
     "split": "split",
     "recipe": "recipe",
+    "tuning": "tuning",
     "budget": "budget",
     "device": "device",
     "dtype": "dtype",
@@ -211,6 +212,7 @@ def load_runs(experiment: str, tracking_uri: str) -> tuple[pd.DataFrame, list[st
                 "seed": int(p.get("cfg.seed", 0)),
                 "split": _split(p),
                 "recipe": _param(p, "cfg.recipe") or "-",
+                "tuning": _param(p, "recipe_tuning") or "-",
                 "budget": _budget(p),
                 "device": run.data.tags.get("device_name", p.get("device", "?")),
                 "dtype": p.get("dtype", "?"),

@@ -1,0 +1,94 @@
+"""Studies and suites on Ray: a local cluster of two nodes on this machine (Ray's own test utility), the
+trials spread over it, every trial recorded in the one MLflow store the driver names."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zoo.harness import Suite, Tracker, run_suite
+from zoo.harness.spaces import load_spaces
+from zoo.harness.training import RunResult
+from zoo.harness.tuning import make_studies, run_study
+
+from .helpers import tiny_run
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("optuna")
+
+SPACE = """
+["tiny"]
+description = "a test space"
+models = ["*"]
+datasets = ["*"]
+
+["tiny".params]
+lr = { low = 1e-4, high = 1e-1, log = true }
+"""
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[str]:
+    """A Ray head and one worker node, one CPU each, on this machine; yields the head's address."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
+    two_nodes: str, tmp_path: Path
+) -> None:
+    space = tmp_path / "spaces.toml"
+    space.write_text(textwrap.dedent(SPACE))
+    study = make_studies(
+        [tiny_run(epochs=2)],
+        suite="ray",
+        settings={"trials": 2, "max_images": 4, "pruner": "asha"},
+        space=load_spaces(space),
+    )[0]
+    tracker = Tracker("tune-ray", workdir=tmp_path)
+    result = run_study(study, tracker=tracker, workdir=tmp_path, engine="ray", address=two_nodes)
+    assert result.engine == "ray" and len(result.trials) == 2
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    # one CPU per trial, one CPU per node: the two trials ran at once, one on each node
+    children = tracker.child_runs(result.parent_run_id)
+    assert len(children) == 2
+    assert all(c.data.tags["zoo.kind"] == "trial" for c in children)
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)  # complete, or pruned by ASHA
+    done = [t for t in result.trials if t.state == "complete"]
+    assert done and {t.run_id for t in done} <= {c.info.run_id for c in children}
+    for trial in done:
+        run = tracker.client.get_run(trial.run_id)
+        assert run.data.metrics["dice"] == pytest.approx(trial.value)
+        assert float(run.data.params["cfg.lr"]) == pytest.approx(trial.values["lr"])
+    parent = tracker.client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["engine"] == "ray"
+
+
+def test_a_suite_runs_as_ray_trials_into_one_store(two_nodes: str, tmp_path: Path) -> None:
+    runs = [tiny_run(seed=0), tiny_run(seed=1)]
+    tracker = Tracker("suite-ray", workdir=tmp_path)
+    outcomes: list[tuple[str, Any]] = run_suite(
+        Suite("ray", "two seeds on Ray", runs),
+        tracker=tracker,
+        workdir=str(tmp_path),
+        backend="ray",
+        address=two_nodes,
+    )
+    assert [name for name, _ in outcomes] == ["unet_bn-isbi2012-s0", "unet_bn-isbi2012-s1"]
+    assert all(isinstance(o, RunResult) for _, o in outcomes)
+    recorded = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'run'")
+    assert sorted(r.data.params["cfg.seed"] for r in recorded) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and "dice" in r.data.metrics for r in recorded)
