@@ -224,7 +224,8 @@ def run_study_on_ray(
     # a trial whose worker ended before it could record its end (stopped by the scheduler mid-write)
     end_orphan_trials(tracker, parent, reason="stopped by the Ray scheduler")
     result = StudyResult(study, parent, "ray", seconds=time.perf_counter() - start)
-    for number, trial in enumerate(grid):
+    for number in range(len(grid)):
+        trial = grid[number]
         metrics = trial.metrics or {}
         values = {k: v for k, v in (trial.config or {}).items() if k in study.space.keys}
         if trial.error is not None:
@@ -293,7 +294,8 @@ def run_suite_on_ray(
         )
     grid = tuner.fit()
     outcomes: dict[int, object] = {}
-    for trial in grid:
+    for i in range(len(grid)):
+        trial = grid[i]
         k = int((trial.config or {})["run"])
         metrics = trial.metrics or {}
         if trial.error is not None or "run_id" not in metrics:

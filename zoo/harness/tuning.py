@@ -363,7 +363,9 @@ def run_study(
         from zoo.harness.ray_engine import run_study_on_ray
 
         return run_study_on_ray(study, tracker=tracker, workdir=workdir, address=address, resources=resources)
-    optuna = _import_optuna()
+    _import_optuna()
+    import optuna
+
     start = time.perf_counter()
     parent = study_parent_run(tracker, study)
     orphans = end_orphan_trials(tracker, parent)
@@ -437,15 +439,15 @@ def run_study(
     return result
 
 
-def _import_optuna() -> Any:
+def _import_optuna() -> None:
+    """Optuna, or the extra to install; its own log quieted (the study logs a line per trial itself)."""
     try:
         import optuna
     except ImportError as err:
         raise ConfigError(
             "`unet-zoo tune` needs Optuna: pip install 'unet-zoo[tune]' (Optuna, and Ray for --backend ray)"
         ) from err
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study logs a line per trial itself
-    return optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def record_study(tracker: Tracker, result: StudyResult) -> None:
