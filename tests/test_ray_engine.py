@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from zoo.harness import Suite, Tracker, run_suite
+from zoo.harness.engines import Engine
 from zoo.harness.spaces import load_spaces
 from zoo.harness.training import RunResult
 from zoo.harness.tuning import make_studies, run_study
@@ -58,7 +59,7 @@ def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
         space=load_spaces(space),
     )[0]
     tracker = Tracker("tune-ray", workdir=tmp_path)
-    result = run_study(study, tracker=tracker, workdir=tmp_path, engine="ray", address=two_nodes)
+    result = run_study(study, tracker=tracker, workdir=tmp_path, engine=Engine("ray", two_nodes))
     assert result.engine == "ray" and len(result.trials) == 2
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
@@ -84,8 +85,7 @@ def test_a_suite_runs_as_ray_trials_into_one_store(two_nodes: str, tmp_path: Pat
         Suite("ray", "two seeds on Ray", runs),
         tracker=tracker,
         workdir=str(tmp_path),
-        backend="ray",
-        address=two_nodes,
+        engine=Engine("ray", two_nodes),
     )
     assert [name for name, _ in outcomes] == ["unet_bn-isbi2012-s0", "unet_bn-isbi2012-s1"]
     assert all(isinstance(o, RunResult) for _, o in outcomes)

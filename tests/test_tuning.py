@@ -411,3 +411,12 @@ def test_optuna_and_ray_stay_optional_extras(monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.raises(ConfigError, match=r"needs Optuna: pip install 'unet-zoo\[tune\]'"):
         _import_optuna()
+
+
+def test_an_engine_option_without_its_engine_is_refused() -> None:
+    from zoo.harness.engines import Engine
+
+    with pytest.raises(ConfigError, match="are Ray's: add --backend ray"):
+        Engine("local", address="head:6379")
+    with pytest.raises(ConfigError, match="backend 'slurm' is not one of 'local', 'ray'"):
+        Engine("slurm")

@@ -25,6 +25,7 @@ TUNED_RECIPES = "tuned-recipes.toml"
 """Where ``unet-zoo tune`` writes tuned recipes in the workdir; train, bench and recipes read it."""
 
 if TYPE_CHECKING:
+    from zoo.harness.engines import Engine
     from zoo.harness.tracking import Tracker
 
 __all__ = ["main"]
@@ -267,13 +268,10 @@ def _use_recipes(args: argparse.Namespace) -> None:
     use_recipe_files(*files)
 
 
-def _trial_resources(args: argparse.Namespace) -> dict[str, float] | None:
-    """A Ray trial's resources when --cpus-per-trial or --gpus-per-trial is given (else the engine's
-    rule: a GPU on GPU nodes, one CPU otherwise)."""
-    if args.cpus_per_trial is None and args.gpus_per_trial is None:
-        return None
-    gpus = args.gpus_per_trial or 0.0
-    return {"cpu": args.cpus_per_trial or (2.0 if gpus else 1.0), "gpu": gpus}
+def _engine(args: argparse.Namespace) -> Engine:
+    from zoo.harness.engines import Engine
+
+    return Engine(args.backend, args.address, args.cpus_per_trial, args.gpus_per_trial)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -296,9 +294,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         tracker=tracker,
         workdir=args.workdir,
         jobs=args.jobs,
-        backend=args.backend,
-        address=args.address,
-        resources=_trial_resources(args),
+        engine=_engine(args),
     )
     _print_results(outcomes)
     uri = tracker.uri
@@ -339,6 +335,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     )
     spaces = load_spaces(args.space) if args.space else None
     studies = make_studies(suite.runs, suite=suite.name, settings=settings, space=spaces)
+    engine = _engine(args)
     tracker = _tracker(args, f"tune-{suite.name}")
     out = Path(args.recipes_out or Path(args.workdir) / TUNED_RECIPES)
     source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
@@ -353,9 +350,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             study,
             tracker=tracker,
             workdir=args.workdir,
-            engine=args.backend,
-            address=args.address,
-            resources=_trial_resources(args),
+            engine=engine,
         )
         best = result.best
         if best is None:

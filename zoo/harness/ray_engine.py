@@ -29,6 +29,7 @@ from typing import Any
 
 from zoo.errors import ConfigError
 from zoo.harness.config import TrainConfig
+from zoo.harness.engines import Engine
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, RunStopped, train
 from zoo.harness.tuning import (
@@ -60,7 +61,7 @@ def _ray() -> Any:
     return ray
 
 
-def connect(address: str | None = None) -> str:
+def connect(address: str | None) -> str:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray; returns where."""
     ray = _ray()
     if ray.is_initialized():
@@ -76,11 +77,10 @@ def connect(address: str | None = None) -> str:
     return "a local Ray on this machine"
 
 
-def trial_resources(
-    cfg: TrainConfig, *, cpus: float | None = None, gpus: float | None = None
-) -> dict[str, float]:
-    """What one trial asks of Ray: ``gpus`` (default: one where the config trains on CUDA, or on
-    ``auto`` where the cluster has GPUs) and ``cpus`` (default: 2 beside a GPU, for its data, else 1)."""
+def trial_resources(cfg: TrainConfig, engine: Engine) -> dict[str, float]:
+    """What one trial asks of Ray: the engine's GPUs (default: one where the config trains on CUDA, or
+    on ``auto`` where the cluster has GPUs) and CPUs (default: 2 beside a GPU, for its data, else 1)."""
+    cpus, gpus = engine.cpus_per_trial, engine.gpus_per_trial
     if gpus is None:
         ray = _ray()
         on_cuda = cfg.device.startswith("cuda")
@@ -179,11 +179,10 @@ def run_study_on_ray(
     *,
     tracker: Tracker,
     workdir: str | Path = "runs",
-    address: str | None = None,
-    resources: Mapping[str, float] | None = None,
+    engine: Engine,
 ) -> StudyResult:
     """``study`` as Ray Tune trials (module docstring); resumes a killed sweep of the same study."""
-    where = connect(address)
+    where = connect(engine.address)
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -192,7 +191,7 @@ def run_study_on_ray(
 
     study = dataclasses.replace(study, base=_absolute(study.base))
     prepare_synthetic_twins([study.base], str(Path(workdir).resolve()))
-    resources = dict(resources or trial_resources(study.base))
+    resources = trial_resources(study.base, engine)
     parent = study_parent_run(tracker, study)
     end_orphan_trials(tracker, parent)
     job = _job(tracker, workdir, parent, resources)
@@ -263,19 +262,18 @@ def run_suite_on_ray(
     tracker: Tracker,
     parent: str,
     workdir: str | Path = "runs",
-    address: str | None = None,
-    resources: Mapping[str, float] | None = None,
+    engine: Engine,
 ) -> list[tuple[str, object]]:
     """Each of a suite's ``runs`` as one Ray Tune trial under ``parent``; ``(run name, RunResult or the
     error)`` per run, in the suite's order. A suite killed midway resumes: finished runs are not redone."""
     from zoo.harness.suites import prepare_synthetic_twins
 
-    where = connect(address)
+    where = connect(engine.address)
     from ray import tune
 
     runs = [_absolute(cfg) for cfg in runs]
     prepare_synthetic_twins(runs, str(Path(workdir).resolve()))
-    resources = dict(resources or trial_resources(runs[0]))
+    resources = trial_resources(runs[0], engine)
     job = _job(tracker, workdir, parent, resources)
     trainable = tune.with_resources(
         tune.with_parameters(_suite_run, runs=runs, job=job, suite=name), resources

@@ -60,10 +60,11 @@ import tomllib
 from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
+from zoo.harness.engines import Engine
 from zoo.harness.recipes import get_recipe, recipe_for, resolve_recipe
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, train
-from zoo.harness.tuning import tuned_recipe_name
+from zoo.harness.tuning import LOCAL, tuned_recipe_name
 from zoo.registry import get_entry, list_models
 
 __all__ = [
@@ -308,24 +309,19 @@ def run_suite(
     workdir: str = "runs",
     progress: bool = True,
     jobs: int = 1,
-    backend: str = "local",
-    address: str | None = None,
-    resources: dict[str, float] | None = None,
+    engine: Engine = LOCAL,
 ) -> list[tuple[str, object]]:
     """Run every config of ``suite`` under one parent MLflow run; a failing run is recorded and skipped.
 
     Args:
         jobs: runs trained at once, each in its own process (1: one after another, in this process).
-        backend: "local" (this machine, ``jobs`` at a time) or "ray": each run a Ray Tune trial on a
-            local Ray or the cluster at ``address``, ``resources`` per trial
-            (:mod:`zoo.harness.ray_engine`; ``jobs`` does not apply).
+        engine: where the runs train: this machine (``jobs`` at a time), or Ray, each run a Ray Tune
+            trial on a local Ray or a cluster (:mod:`zoo.harness.ray_engine`; ``jobs`` does not apply).
 
     Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
     """
     if jobs < 1:
         raise ConfigError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"backend={backend!r} is not one of 'local', 'ray'")
     parent = tracker.start_run(suite.name, tags={"zoo.kind": "suite", "suite": suite.name})
     tracker.log_params(
         parent,
@@ -342,17 +338,11 @@ def run_suite(
     outcomes: list[tuple[str, object]] = []
     report = _Progress(len(suite.runs), jobs)
     try:
-        if backend == "ray":
+        if engine.name == "ray":
             from zoo.harness.ray_engine import run_suite_on_ray
 
             outcomes = run_suite_on_ray(
-                suite.name,
-                suite.runs,
-                tracker=tracker,
-                parent=parent,
-                workdir=workdir,
-                address=address,
-                resources=resources,
+                suite.name, suite.runs, tracker=tracker, parent=parent, workdir=workdir, engine=engine
             )
             return outcomes  # Ray reports the trials' progress itself
         if jobs > 1:

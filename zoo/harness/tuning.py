@@ -39,6 +39,7 @@ import tomllib
 from zoo.data.registry import get_dataset
 from zoo.errors import ConfigError, close_names
 from zoo.harness.config import TrainConfig
+from zoo.harness.engines import Engine
 from zoo.harness.recipes import get_recipe, use_recipe_files
 from zoo.harness.spaces import SearchSpace, apply, space_for
 from zoo.harness.tracking import Tracker, git_state, store_lock
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "ENGINES",
     "PRUNERS",
     "SAMPLERS",
     "Budget",
@@ -63,9 +63,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+LOCAL = Engine()
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "asha", "none")
-ENGINES = ("local", "ray")
 OBJECTIVE = "dice"
 """What a study maximises: the run's best validation Dice (per epoch: ``val_dice``)."""
 _TUNE_KEYS = ("trials", "max_images", "seconds", "sampler", "pruner", "seed", "startup_trials")
@@ -350,19 +350,14 @@ def run_study(
     *,
     tracker: Tracker,
     workdir: str | Path = "runs",
-    engine: str = "local",
-    address: str | None = None,
-    resources: Mapping[str, float] | None = None,
+    engine: Engine = LOCAL,
 ) -> StudyResult:
-    """Run ``study`` to its budget on ``engine`` ("local" or "ray"), resuming a killed sweep of the same
-    study; the result lists every trial. ``address`` and ``resources``: the Ray engine's (a cluster to
-    join, each trial's CPUs and GPUs)."""
-    if engine not in ENGINES:
-        raise ConfigError(f"engine={engine!r} is not one of {', '.join(map(repr, ENGINES))}")
-    if engine == "ray":
+    """Run ``study`` to its budget on ``engine`` (this process, or Ray), resuming a killed sweep of the
+    same study; the result lists every trial."""
+    if engine.name == "ray":
         from zoo.harness.ray_engine import run_study_on_ray
 
-        return run_study_on_ray(study, tracker=tracker, workdir=workdir, address=address, resources=resources)
+        return run_study_on_ray(study, tracker=tracker, workdir=workdir, engine=engine)
     _import_optuna()
     import optuna
 
