@@ -42,7 +42,7 @@ from zoo.harness.config import TrainConfig
 from zoo.harness.engines import Engine
 from zoo.harness.recipes import get_recipe, use_recipe_files
 from zoo.harness.spaces import SearchSpace, apply, space_for
-from zoo.harness.tracking import Tracker, git_state, store_lock
+from zoo.harness.tracking import Tracker, git_state, open_client, store_lock
 from zoo.harness.training import EpochCallback, RunResult, RunStopped, train
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def study_parent_run(tracker: Tracker, study: Study) -> str:
         run_id = str(found[0].info.run_id)
         tracker.resume_run(run_id)
         return run_id
-    run_id = tracker.start_run(study.name, tags={"zoo.kind": "study", "zoo.study": study.name})
+    run_id = tracker.start_run(study.name, tags={"zoo.kind": "study", "zoo.study": study.name, **git_state()})
     tracker.log_params(run_id, study.params())
     return run_id
 
@@ -480,7 +480,8 @@ def tuned_recipe(result: StudyResult, *, tracking_uri: str, experiment: str) -> 
     cfg = study.trial_config(best.values)
     fields = {k: v for k, v in cfg.to_dict().items() if k not in _IDENTITY}
     dataset = get_dataset(cfg.dataset).name
-    commit = git_state()
+    # the code the study started on (its parent run's tags), not the one that writes the file
+    commit = {**git_state(), **open_client(tracking_uri).get_run(result.parent_run_id).data.tags}
     provenance = {
         "study": study.name,
         "experiment": experiment,
