@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from zoo.data.synthetic import write_car_twin, write_em_twin
+from zoo.harness.tracking import default_tracking_uri, open_client, sqlite_path
 
-from .helpers import real_data_root
+from .helpers import real_data_root, seed_store
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -67,3 +69,23 @@ def em_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def car_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic Carvana twin (3 cars, 40 images of 96x144)."""
     return write_car_twin(tmp_path_factory.mktemp("car"), count=40, seed=5, height=96, width=144)
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, built once: MLflow creates a new store's tables through its schema
+    migrations, seconds each time, so tests whose subject is not that step start from a copy."""
+    workdir = tmp_path_factory.mktemp("store-template")
+    uri = default_tracking_uri(workdir)
+    open_client(uri).search_experiments()  # the store exists once its tables answer
+    path = sqlite_path(uri)
+    assert path is not None and path.is_file(), uri
+    return path
+
+
+@pytest.fixture
+def fresh_store(store_template: Path) -> Callable[[Path], Path]:
+    """``fresh_store(workdir)``: ``workdir`` (created) holding a copy of the empty store where a Tracker,
+    the CLI or a subprocess finds its default store (``workdir/mlflow.db``); returns ``workdir``."""
+
+    return functools.partial(seed_store, store_template)

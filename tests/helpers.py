@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from zoo.factory import create_model
 from zoo.harness.config import TrainConfig
+from zoo.harness.tracking import default_tracking_uri, sqlite_path
 from zoo.models.base import SegmentationModel
 from zoo.registry import get_entry
 
@@ -70,3 +72,13 @@ def real_data_root() -> Path | None:
     env = os.environ.get("UNET_ZOO_DATA")
     root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
     return root if root.is_dir() else None
+
+
+def seed_store(template: Path, workdir: Path) -> Path:
+    """``workdir`` (created) holding a copy of the empty store ``template`` (the ``store_template``
+    fixture) where a Tracker, the CLI or a subprocess finds its default store; returns ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = sqlite_path(default_tracking_uri(workdir))
+    assert target is not None and not target.exists(), target
+    shutil.copyfile(template, target)
+    return workdir

@@ -4,6 +4,7 @@ and nothing written (no store, no run folder, no FAILED run left behind)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,14 @@ def test_bad_values_in_a_recipe_run_are_refused_the_same_way(
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_crop_the_model_does_not_take_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_crop_the_model_does_not_take_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fresh_store: Callable[[Path], Path]
+) -> None:
     from zoo.harness import Tracker, train
 
     from .helpers import tiny_run
 
-    tracker = Tracker("crop", workdir=tmp_path)
+    tracker = Tracker("crop", workdir=fresh_store(tmp_path))
     with caplog.at_level(logging.WARNING, logger="zoo.harness.training"):
         train(tiny_run(crop=7), tracker=tracker, workdir=tmp_path, progress=False)
     assert "crop=7 is not an input size unet_bn takes; training at 16" in caplog.text

@@ -181,8 +181,10 @@ def test_the_learning_rate_follows_the_plan_not_the_maximum() -> None:
 # ---- runs ------------------------------------------------------------------------------------------------
 
 
-def test_an_images_budget_trains_on_its_images_with_a_schedule_over_its_epochs(tmp_path: Path) -> None:
-    tracker = Tracker("images", workdir=tmp_path)
+def test_an_images_budget_trains_on_its_images_with_a_schedule_over_its_epochs(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    tracker = Tracker("images", workdir=fresh_store(tmp_path))
     cfg = _cfg(epochs=10, steps_per_epoch=2, budget_images=10)
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     # 4 crops an epoch: two epochs of two micro-batches, then one of one (10 crops)
@@ -194,15 +196,16 @@ def test_an_images_budget_trains_on_its_images_with_a_schedule_over_its_epochs(t
     assert params["stopped_early"] == "False" and params["cfg.budget_images"] == "10"
 
 
-def _seconds_run(tmp_path: Path, name: str) -> tuple[Tracker, TrainConfig]:
-    return Tracker(name, workdir=tmp_path), _cfg(epochs=10, budget_seconds=35)
+def _seconds_run(workdir: Path, name: str) -> tuple[Tracker, TrainConfig]:
+    """A tracker on ``workdir`` (which holds a store: ``fresh_store``) and a run with a 35 s budget."""
+    return Tracker(name, workdir=workdir), _cfg(epochs=10, budget_seconds=35)
 
 
 def test_a_seconds_budget_stops_at_an_epoch_boundary_with_its_plan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
     _fake_clock(monkeypatch, 10.0)
-    tracker, cfg = _seconds_run(tmp_path, "seconds")
+    tracker, cfg = _seconds_run(fresh_store(tmp_path), "seconds")
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     assert _history(tracker, result.run_id, "epoch_seconds") == {0: 10.0, 1: 10.0, 2: 10.0}
     # epoch 0 knew no plan yet, but cosine starts at the full rate whatever its span
@@ -214,17 +217,17 @@ def test_a_seconds_budget_stops_at_an_epoch_boundary_with_its_plan(
 
 
 def test_a_budgeted_run_killed_and_resumed_ends_where_an_uninterrupted_one_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
     with monkeypatch.context() as patch:
         _fake_clock(patch, 10.0)
-        tracker, cfg = _seconds_run(tmp_path / "straight", "straight")
+        tracker, cfg = _seconds_run(fresh_store(tmp_path / "straight"), "straight")
         ref = train(cfg, tracker=tracker, workdir=tmp_path / "straight", progress=False)
         ref_dice = _history(tracker, ref.run_id, "val_dice")
         ref_params = tracker.client.get_run(ref.run_id).data.params
     assert sorted(ref_dice) == [0, 1, 2]
 
-    workdir = tmp_path / "killed"
+    workdir = fresh_store(tmp_path / "killed")
     tracker, cfg = _seconds_run(workdir, "killed")
     # killed during epoch 2's validation: epochs 0 and 1 are checkpointed with the plan
     with monkeypatch.context() as patch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,7 @@ def test_a_recipe_for_any_dataset_needs_one_named() -> None:
 
 
 def test_three_commands_from_folders_to_predicted_masks(
-    tmp_path: Path, shapes: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, shapes: Path, capsys: pytest.CaptureFixture[str], fresh_store: Callable[[Path], Path]
 ) -> None:
     """data init -> train -> predict, as the README shows them, on a 4-class folder dataset."""
     toml = tmp_path / "my.toml"
@@ -192,7 +193,7 @@ def test_three_commands_from_folders_to_predicted_masks(
     assert "rule suffix '_mask' pairs 12 image(s)" in out and f"wrote {toml}" in out
     assert main(["data", "init", "--images", str(images), "--masks", str(masks), "--out", str(toml)]) == 2
     assert "exists" in capsys.readouterr().err  # never overwritten silently
-    workdir = tmp_path / "runs"
+    workdir = fresh_store(tmp_path / "runs")
     train = ["train", "--dataset", str(toml), "--workdir", str(workdir), "--override", "base_channels=4"]
     for setting in ("epochs=1", "steps_per_epoch=2", "crop=64", "batch_size=2", "cost_batch=1"):
         train += ["--set", setting]

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from zoo.harness import Tracker, TrainConfig, train
+
+from .helpers import seed_store
 
 # fp32 and deterministic kernels: the two runs may differ only by the order of floating-point sums.
 # GroupNorm, not BatchNorm: its statistics are per sample, so a slice of the batch normalises exactly as
@@ -42,7 +45,11 @@ OVERRIDES = {"base_channels": 4, "norm": "group"}
 EXPERIMENT = "ddp-test"
 
 
-def _torchrun(workdir: Path, *args: str) -> list[str]:
+HOLD = str(Path(__file__).with_name("hold_at_checkpoint.py"))
+"""The CLI, held still once epoch 0's checkpoint is written: the point a test kills the ranks at."""
+
+
+def _torchrun(workdir: Path, *args: str, held: bool = False) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -50,8 +57,7 @@ def _torchrun(workdir: Path, *args: str) -> list[str]:
         "--standalone",
         "--nproc-per-node",
         "2",
-        "-m",
-        "zoo.cli",
+        *((HOLD,) if held else ("-m", "zoo.cli")),
         "train",
         "--workdir",
         str(workdir),
@@ -90,8 +96,10 @@ def _history(tracker: Tracker, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in tracker.client.get_metric_history(run_id, key)}
 
 
-def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
-    workdir = tmp_path / "ddp"
+def test_two_ranks_match_one_process_with_the_same_global_batch(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    workdir = fresh_store(tmp_path / "ddp")
     done = _run_ranks(workdir, *_run_args(OVERRIDES, SETTINGS), timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
@@ -111,7 +119,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path) 
     config = TrainConfig.from_dict(
         {"model": "unet_bn", "dataset": "isbi2012", "overrides": OVERRIDES, **SETTINGS}
     )
-    single = Tracker(EXPERIMENT, workdir=tmp_path / "single")
+    single = Tracker(EXPERIMENT, workdir=fresh_store(tmp_path / "single"))
     ref = train(config, tracker=single, workdir=tmp_path / "single", progress=False)
     ref_history = _history(single, ref.run_id, "val_dice")
     ref_losses = _history(single, ref.run_id, "train_loss")
@@ -130,9 +138,9 @@ BN_OVERRIDES = {"base_channels": 4, "norm": "batch"}
 
 
 @pytest.fixture(scope="module")
-def batchnorm_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def batchnorm_reference(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> dict[str, object]:
     """One process, BatchNorm over the whole global batch (sync_bn has nothing to do there)."""
-    workdir = tmp_path_factory.mktemp("bn-single")
+    workdir = seed_store(store_template, tmp_path_factory.mktemp("bn-single"))
     config = TrainConfig.from_dict(
         {"model": "unet_bn", "dataset": "isbi2012", "overrides": BN_OVERRIDES, **BN_SETTINGS}
     )
@@ -156,24 +164,11 @@ def _assert_matches(reference: dict[str, object], tracker: Tracker, run_id: str,
     assert diffs[worst] < 1e-5, f"largest weight/statistic difference {diffs[worst]:.3g} ({worst})"
 
 
-def test_sync_bn_two_ranks_match_one_process_batchnorm(
-    tmp_path: Path, batchnorm_reference: dict[str, object]
-) -> None:
-    workdir = tmp_path / "ddp"
-    done = _run_ranks(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS))
-    assert done.returncode == 0, done.stdout + done.stderr
-    run_dir, run_id = _the_run(workdir)
-    tracker = Tracker(EXPERIMENT, workdir=workdir)
-    assert tracker.run_status(run_id) == "FINISHED"
-    assert tracker.client.get_run(run_id).data.params["cfg.sync_bn"] == "True"
-    _assert_matches(batchnorm_reference, tracker, run_id, run_dir)
-
-
 def test_sync_bn_off_normalises_each_rank_slice_alone(
-    tmp_path: Path, batchnorm_reference: dict[str, object]
+    tmp_path: Path, batchnorm_reference: dict[str, object], fresh_store: Callable[[Path], Path]
 ) -> None:
     # the control: without sync_bn each rank's BatchNorm sees 2 images, not 4, and training differs
-    workdir = tmp_path / "ddp"
+    workdir = fresh_store(tmp_path / "ddp")
     done = _run_ranks(workdir, *_run_args(BN_OVERRIDES, {**BN_SETTINGS, "sync_bn": False}))
     assert done.returncode == 0, done.stdout + done.stderr
     _, run_id = _the_run(workdir)
@@ -195,13 +190,15 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's workers through /proc")
-def test_killed_torchrun_run_resumes_into_the_same_run(
-    tmp_path: Path, batchnorm_reference: dict[str, object]
+def test_killed_sync_bn_torchrun_run_resumes_into_the_same_run_and_matches_one_process(
+    tmp_path: Path, batchnorm_reference: dict[str, object], fresh_store: Callable[[Path], Path]
 ) -> None:
+    """BatchNorm with sync_bn: statistics over the global batch, so 2 ranks, killed after epoch 0 and
+    resumed, end where one process with the whole batch ends."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    workdir = tmp_path / "ddp"
+    workdir = fresh_store(tmp_path / "ddp")
     proc = subprocess.Popen(
-        _torchrun(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS)),
+        _torchrun(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS), held=True),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -210,7 +207,7 @@ def test_killed_torchrun_run_resumes_into_the_same_run(
     runs_root = workdir / EXPERIMENT
     deadline = time.monotonic() + 240
     try:
-        while not any(runs_root.glob("*/checkpoint.pt")):  # epoch 0 done; kill during epoch 1
+        while not any(runs_root.glob("*/checkpoint.pt")):  # epoch 0 done; rank 0 holds, rank 1 waits
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             assert time.monotonic() < deadline, "no checkpoint written in time"
             time.sleep(0.05)
@@ -226,13 +223,17 @@ def test_killed_torchrun_run_resumes_into_the_same_run(
     run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
     assert tracker.run_status(run_id) == "RUNNING"
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] < 2  # unfinished
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 0  # unfinished
 
     done = _run_ranks(workdir, "--resume", str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
     assert tracker.run_status(run_id) == "FINISHED"
-    assert len(tracker.client.search_runs([tracker.experiment_id])) == 1  # the same run, no new one
+    (run,) = tracker.client.search_runs([tracker.experiment_id])  # the same run, no new one
+    params = run.data.params
+    assert params["world_size"] == "2" and params["cfg.batch_size"] == "4" and params["cfg.sync_bn"] == "True"
     assert sorted(m.step for m in tracker.client.get_metric_history(run_id, "val_dice")) == [0, 1, 2]
+    assert (run_dir / "best.safetensors").is_file()
     # and it ends where one uninterrupted process with the same global batch ends
     _assert_matches(batchnorm_reference, tracker, run_id, run_dir)
 
@@ -292,8 +293,11 @@ def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path
         assert torch.allclose(ranks["state"][name].to(value.dtype), value, rtol=1e-12, atol=1e-14), name
 
 
-def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(tmp_path: Path) -> None:
+def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
     # 5 training slices, global batch 4, 2 ranks, whole epochs: the last batch of 1 leaves a rank empty
+    fresh_store(tmp_path)
     settings = {**SETTINGS, "epochs": 1, "steps_per_epoch": None, "synthetic": {"count": 7, "size": 96}}
     done = _run_ranks(tmp_path, *_run_args(OVERRIDES, settings), timeout=240)
     assert done.returncode != 0

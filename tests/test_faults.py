@@ -29,7 +29,7 @@ from zoo.data.io import DataError, read_image, read_stack, write_image, write_st
 from zoo.data.verify import verify_dataset
 from zoo.errors import ConfigError, ZooError
 
-from .helpers import TINY_RUN
+from .helpers import TINY_RUN, seed_store
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
@@ -96,11 +96,11 @@ def _tiny_train(workdir: Path, *settings: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow store with its tables made once; tests copy it rather than wait for the migration."""
+def store_template(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Path:
+    """The shared empty store (conftest) with experiment "template-suite"; tests copy it."""
     from zoo.harness.tracking import Tracker
 
-    workdir = tmp_path_factory.mktemp("store")
+    workdir = seed_store(store_template, tmp_path_factory.mktemp("store"))
     Tracker("template-suite", workdir=workdir)
     return workdir / "mlflow.db"
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,13 +55,29 @@ def python_stage(gpu_check: ModuleType, name: str, code: str, share: float, **kw
 WRITE = (
     "import json, sys, pathlib; (pathlib.Path(sys.argv[1]) / 'figures.json').write_text(json.dumps({'x': 3}))"
 )
-# a child that starts a grandchild which would leave a file behind if the group were not killed
+# a child that starts a grandchild, notes its pid and waits; the grandchild would outlive it, and leave a
+# file behind, if the stage's whole process group were not killed
 HANG = (
     "import subprocess, sys, time, pathlib; "
-    "late = pathlib.Path(sys.argv[1]) / 'late'; "
-    "subprocess.Popen([sys.executable, '-c', f'import time; time.sleep(4); open({str(late)!r}, \"w\")']); "
+    "folder = pathlib.Path(sys.argv[1]); late = folder / 'late'; "
+    "code = f'import time; time.sleep(60); open({str(late)!r}, \"w\")'; "
+    "child = subprocess.Popen([sys.executable, '-c', code]); "
+    "(folder / 'grandchild.pid').write_text(str(child.pid)); "
     "time.sleep(60)"
 )
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # gone since, or no /proc to ask (then it ran a moment ago)
+        return not Path("/proc/self/stat").is_file()
+    return state != "Z"
 
 
 def test_hung_failed_and_unaffordable_stages_are_recorded_and_the_run_goes_on(
@@ -105,8 +122,12 @@ def test_hung_failed_and_unaffordable_stages_are_recorded_and_the_run_goes_on(
     assert "| x | 3 |" in summary  # the figures, as a table
     assert results["machine"]["device"] == "cpu"
 
-    # the timed-out stage's whole process group was killed: its grandchild never wrote its file
-    time.sleep(5)
+    # the timed-out stage's whole process group was killed: its grandchild too (it would sleep a minute)
+    grandchild = int((workdir / "hangs" / "grandchild.pid").read_text())
+    deadline = time.monotonic() + 30
+    while _alive(grandchild):
+        assert time.monotonic() < deadline, f"the hung stage's grandchild {grandchild} still runs"
+        time.sleep(0.05)
     assert not (workdir / "hangs" / "late").exists()
 
 
@@ -131,10 +152,14 @@ def test_quick_throughput_stage_reports_the_a100_comparison(gpu_check: ModuleTyp
     assert "| training_bf16 |" in summary
 
 
-def test_quick_training_stage_trains_within_its_budget(gpu_check: ModuleType, tmp_path: Path) -> None:
+def test_quick_training_stage_trains_within_its_budget(
+    gpu_check: ModuleType, tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
     """The default test run's share of the quick mode: one training stage end to end (the whole quick
     mode is the slow test below)."""
-    code = gpu_check.main(["--quick", "--stages", "train-isbi2012", "--out", str(tmp_path)])
+    workdir = fresh_store(tmp_path / "work")  # the stages' one store
+    argv = ["--quick", "--stages", "train-isbi2012", "--out", str(tmp_path), "--workdir", str(workdir)]
+    code = gpu_check.main(argv)
     results, summary = written(tmp_path, "gpu_check-quick")
     (stage,) = results["stages"]
     assert code == 0 and stage["status"] == "ok", stage["output_tail"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -20,7 +22,7 @@ import zoo.harness.training as train_module
 from zoo.harness import NonFiniteLossError, Tracker, TrainConfig, load_suite, run_suite, train
 from zoo.harness.tracking import QUALITY_KEYS
 
-from .helpers import TINY_RUN, tiny_run
+from .helpers import TINY_RUN, seed_store, tiny_run
 
 # the shared tiny run (tests/helpers.py) at this module's budget: two epochs of two steps
 TINY = {"epochs": 2, "steps_per_epoch": 2, "max_val_images": 2, "cost_batch": 2, "cost_size": None}
@@ -36,9 +38,11 @@ def _runs(tracker: Tracker) -> list[mlflow.entities.Run]:
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, Path, list[tuple[str, object]]]:
+def smoke_runs(
+    tmp_path_factory: pytest.TempPathFactory, store_template: Path
+) -> tuple[Tracker, Path, list[tuple[str, object]]]:
     """Two smoke-suite runs (the paper's unet and unet_bn on the EM twin), shared by several tests."""
-    workdir = tmp_path_factory.mktemp("smoke")
+    workdir = seed_store(store_template, tmp_path_factory.mktemp("smoke"))
     suite = load_suite("smoke", models="unet*", datasets=["isbi2012"])
     suite.runs = [c for c in suite.runs if c.model in ("unet", "unet_bn")]
     tracker = Tracker("smoke-test", workdir=workdir)
@@ -129,11 +133,11 @@ def test_evaluate_cli_reproduces_the_recorded_quality(
 
 
 def test_evaluate_record_rescores_a_run_whose_weights_reproduce(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh_store: Callable[[Path], Path]
 ) -> None:
     from zoo.cli import main
 
-    tracker = Tracker("rescore", workdir=tmp_path)
+    tracker = Tracker("rescore", workdir=fresh_store(tmp_path))
     result = train(_tiny_bn(epochs=1), tracker=tracker, workdir=tmp_path, progress=False)
     truth = tracker.client.get_run(result.run_id).data.metrics
     step = int(truth["best_epoch"])
@@ -152,8 +156,10 @@ def test_evaluate_record_rescores_a_run_whose_weights_reproduce(
     assert tracker.client.get_run(result.run_id).data.metrics["pixel_error"] == 0.5
 
 
-def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path) -> None:
-    tracker = Tracker("early", workdir=tmp_path)
+def test_early_stopping_ends_a_run_that_stops_improving(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    tracker = Tracker("early", workdir=fresh_store(tmp_path))
     cfg = _tiny_bn(epochs=6, lr=0.0, patience=2)
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     steps = sorted(m.step for m in tracker.client.get_metric_history(result.run_id, "val_dice"))
@@ -163,7 +169,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
     real_augment = train_module.augment_batch
     calls = {"n": 0}
@@ -177,7 +183,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
         return image, mask, weight
 
     monkeypatch.setattr(train_module, "augment_batch", poisoned)
-    tracker = Tracker("nan-test", workdir=tmp_path)
+    tracker = Tracker("nan-test", workdir=fresh_store(tmp_path))
     cfg = _tiny_bn()
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 1, batch 0"):
         train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
@@ -189,43 +195,44 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def _train_cmd(workdir: Path, *extra: str) -> list[str]:
+def _train_args(workdir: Path) -> list[str]:
+    """``unet-zoo train`` of the module's tiny run over three epochs (width 4, 64 px crops)."""
     shared = {k: v for k, v in TINY_RUN.items() if k not in ("model", "dataset", "overrides")}
-    settings = {**shared, **TINY, "epochs": 3, "steps_per_epoch": 12, "crop": 96}
+    settings = {**shared, **TINY, "epochs": 3}
     sets = [f"--set={k}={json.dumps(v)}" for k, v in settings.items()]
     return [
-        sys.executable,
-        "-m",
-        "zoo.cli",
         "train",
         "--model",
         "unet_bn",
         "--dataset",
         "isbi2012",
         "--override",
-        "base_channels=8",
+        "base_channels=4",
         "--workdir",
         str(workdir),
         "--experiment",
         "resume-test",
         *sets,
-        *extra,
     ]
 
 
-def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_killed_run_resumes_into_the_same_run_and_finishes(
+    tmp_path: Path, fresh_store: Callable[[Path], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zoo.cli import main
+
+    killed = fresh_store(tmp_path / "killed")
+    # a real process, SIGKILLed once epoch 0's checkpoint is on disk (held there: see the script)
     proc = subprocess.Popen(
-        _train_cmd(tmp_path / "killed"),
-        env=env,
+        [sys.executable, str(Path(__file__).with_name("hold_at_checkpoint.py")), *_train_args(killed)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    runs_root = tmp_path / "killed" / "resume-test"
+    runs_root = killed / "resume-test"
     deadline = time.monotonic() + 240
     try:
-        # killed the moment epoch 0's checkpoint appears: two epochs are left, however fast the machine
         while not any(runs_root.glob("*/checkpoint.pt")):
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             assert time.monotonic() < deadline, "no checkpoint written in time"
@@ -238,39 +245,20 @@ def test_killed_run_resumes_into_the_same_run_and_finishes(tmp_path: Path) -> No
     assert proc.returncode == -signal.SIGKILL  # the kill, not the end of the run, stopped it
     (run_dir,) = runs_root.iterdir()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    tracker = Tracker("resume-test", workdir=tmp_path / "killed")
+    tracker = Tracker("resume-test", workdir=killed)
     assert tracker.run_status(run_id) == "RUNNING"  # killed without a chance to say so
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] < 2  # unfinished
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "zoo.cli",
-            "train",
-            "--resume",
-            str(run_dir),
-            "--workdir",
-            str(tmp_path / "killed"),
-            "--experiment",
-            "resume-test",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert tracker.client.get_metric_history(run_id, "val_dice") == []  # killed before the upload
+    args = ["train", "--resume", str(run_dir), "--workdir", str(killed), "--experiment", "resume-test"]
+    assert main(args) == 0, capsys.readouterr().err
     assert tracker.run_status(run_id) == "FINISHED"
     assert len(_runs(tracker)) == 1  # the same run, not a new one
     history = tracker.client.get_metric_history(run_id, "val_dice")
-    assert sorted(m.step for m in history) == [0, 1, 2]  # every epoch once; the unfinished one redone
+    assert sorted(m.step for m in history) == [0, 1, 2]  # every epoch once, epoch 0's from its checkpoint
     # and the resumed run ends exactly where an uninterrupted one does
-    straight = subprocess.run(
-        _train_cmd(tmp_path / "straight"), env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert straight.returncode == 0, straight.stderr
-    other = Tracker("resume-test", workdir=tmp_path / "straight")
+    straight = fresh_store(tmp_path / "straight")
+    assert main(_train_args(straight)) == 0, capsys.readouterr().err
+    other = Tracker("resume-test", workdir=straight)
     (ref,) = _runs(other)
     ref_history = {m.step: m.value for m in other.client.get_metric_history(ref.info.run_id, "val_dice")}
     assert {m.step: m.value for m in history} == pytest.approx(ref_history, abs=1e-6)
@@ -283,8 +271,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> str:
+def mlflow_server(tmp_path: Path, store_template: Path) -> Iterator[str]:
     port = _free_port()
+    shutil.copyfile(store_template, tmp_path / "server.db")  # the server's store, its tables built
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -322,11 +311,8 @@ def mlflow_server(tmp_path: Path) -> str:
             pytest.fail("mlflow server did not come up on 127.0.0.1")
         time.sleep(0.5)
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # nothing of the server's is checked after the test: no grace period
+    proc.wait(timeout=30)
 
 
 def test_a_run_logged_through_an_mlflow_server_reads_back_complete(

@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import zoo.harness.tracking as tracking_module
 from zoo.harness import RunResult, Suite, Tracker, TrainConfig, load_suite, run_suite
 from zoo.harness.suites import WorkerDiedError
 from zoo.harness.tracking import QUALITY_KEYS, is_database_locked
+
+from .helpers import seed_store
 
 JOBS = 2
 
@@ -84,11 +87,11 @@ def _children(tracker: Tracker, parent_name: str) -> tuple[Run, list[Run]]:
 
 
 @pytest.fixture(scope="module")
-def parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, str]:
+def parallel(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> tuple[Tracker, str]:
     """The four good runs through ``unet-zoo bench --jobs 2``, two at a time into one SQLite store."""
     from zoo.cli import main
 
-    workdir = tmp_path_factory.mktemp("parallel")
+    workdir = seed_store(store_template, tmp_path_factory.mktemp("parallel"))
     argv = ["bench", "--suite", "smoke", "--models", "unet_b*", "--datasets", "isbi2012", "--seeds", "2"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -97,8 +100,8 @@ def parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, str]:
 
 
 @pytest.fixture(scope="module")
-def sequential(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, object]]:
-    workdir = tmp_path_factory.mktemp("sequential")
+def sequential(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> list[tuple[str, object]]:
+    workdir = seed_store(store_template, tmp_path_factory.mktemp("sequential"))
     tracker = Tracker("jobs-test", workdir=workdir)
     return run_suite(Suite("jobs", "", _good_runs()), tracker=tracker, workdir=str(workdir), progress=False)
 
@@ -137,11 +140,11 @@ def test_parallel_quality_equals_a_sequential_run(
 
 
 def test_a_killed_worker_and_a_failing_run_are_reported_and_others_unaffected(
-    tmp_path: Path, sequential: list[tuple[str, object]]
+    tmp_path: Path, sequential: list[tuple[str, object]], fresh_store: Callable[[Path], Path]
 ) -> None:
     good = _good_runs()[0]
     runs = [_sabotaged("raise", seed=8), _sabotaged("kill", seed=7), good]
-    tracker = Tracker("jobs-test", workdir=tmp_path)
+    tracker = Tracker("jobs-test", workdir=fresh_store(tmp_path))
     outcomes = run_suite(Suite("jobs", "", runs), tracker=tracker, workdir=str(tmp_path), jobs=JOBS)
     assert [name for name, _ in outcomes] == [c.run_name for c in runs]
     parent, children = _children(tracker, "jobs")
@@ -158,10 +161,12 @@ def test_a_killed_worker_and_a_failing_run_are_reported_and_others_unaffected(
     assert finished.metrics["dice"] == dict(sequential)[good.run_name].metrics["dice"]  # type: ignore[attr-defined]
 
 
-def test_bench_cli_rejects_a_job_count_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_cli_rejects_a_job_count_below_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh_store: Callable[[Path], Path]
+) -> None:
     from zoo.cli import main
 
-    assert main(["bench", "--suite", "smoke", "--workdir", str(tmp_path), "--jobs", "0"]) == 2
+    assert main(["bench", "--suite", "smoke", "--workdir", str(fresh_store(tmp_path)), "--jobs", "0"]) == 2
     assert "jobs=0: the number of runs trained at once must be 1 or more" in capsys.readouterr().err
 
 
@@ -179,9 +184,9 @@ def _locked_error() -> MlflowException:
 
 
 def test_tracker_retries_a_write_that_found_the_database_locked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
-    tracker = Tracker("locked", workdir=tmp_path)
+    tracker = Tracker("locked", workdir=fresh_store(tmp_path))
     run_id = tracker.start_run("r")
     real_log_batch = tracker.client.log_batch
     calls = {"n": 0}
@@ -210,10 +215,12 @@ def test_only_sqlite_lock_errors_count_as_locked() -> None:
     assert not is_database_locked(sqlite3.OperationalError("no such table: runs"))
 
 
-def test_mlflow_traceback_for_a_retried_lock_is_dropped_and_others_kept(tmp_path: Path) -> None:
+def test_mlflow_traceback_for_a_retried_lock_is_dropped_and_others_kept(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
     import logging
 
-    Tracker("quiet", workdir=tmp_path)  # installs the filter on MLflow's SQL-store logger
+    Tracker("quiet", workdir=fresh_store(tmp_path))  # installs the filter on MLflow's SQL-store logger
     logger = logging.getLogger("mlflow.store.db.utils")
     locked = _locked_error().__cause__
     assert isinstance(locked, sqlalchemy.exc.OperationalError)

@@ -15,15 +15,16 @@ import torch
 import zoo.harness.training as train_module
 from zoo.harness import Tracker, load_suite, run_suite, train
 from zoo.harness.suites import estimate_seconds_left, format_duration
+from zoo.harness.tracking import default_tracking_uri
 
-from .helpers import tiny_run
+from .helpers import seed_store, tiny_run
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module's tests (creating one takes seconds); each test its own experiment,
-    whose artifacts and run folders lie in that test's workdir."""
-    return Tracker("setup", workdir=tmp_path_factory.mktemp("store")).uri
+def store(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> str:
+    """One SQLite store for the module's tests; each test its own experiment, whose artifacts and run
+    folders lie in that test's workdir."""
+    return default_tracking_uri(seed_store(store_template, tmp_path_factory.mktemp("store")))
 
 
 def _unique_bytes(paths: Iterable[Path]) -> int:

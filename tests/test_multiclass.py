@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from zoo.report import build, write_report
 from zoo.report.leaderboard import class_columns
 from zoo.tiling import TiledInferer
 
-from .helpers import AnySizeModel
+from .helpers import AnySizeModel, seed_store
 
 SHAPES = ("background", "disc", "square", "triangle")
 
@@ -283,9 +284,10 @@ def _shapes_metrics(dice: float, disc: float, square: float, triangle: float) ->
 BOARD_CLASSES = ("background", "triangle", "square", "disc")
 
 
-@pytest.fixture
-def shapes_board(tmp_path: Path) -> Tracker:
-    tracker = Tracker("shapes", workdir=tmp_path)
+@pytest.fixture(scope="module")
+def shapes_board(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Tracker:
+    """Four runs on shapes and carvana, logged once for the module's tests (which only read)."""
+    tracker = Tracker("shapes", workdir=seed_store(store_template, tmp_path_factory.mktemp("shapes")))
     names = class_names_param(BOARD_CLASSES)
     _log(tracker, "unet_bn", "shapes", 0, _shapes_metrics(0.8, 0.9, 0.8, 0.7), **names)
     _log(tracker, "unet_bn", "shapes", 1, _shapes_metrics(0.7, 0.7, 0.7, 0.7), **names)
@@ -336,8 +338,10 @@ def test_the_board_shows_a_dice_column_per_class(shapes_board: Tracker, tmp_path
     assert float(rows["unet_bn/shapes"]["iou_triangle_mean"]) == pytest.approx(0.35)
 
 
-def test_a_run_with_unreadable_class_names_is_left_out_with_the_reason(tmp_path: Path) -> None:
-    tracker = Tracker("bad", workdir=tmp_path)
+def test_a_run_with_unreadable_class_names_is_left_out_with_the_reason(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    tracker = Tracker("bad", workdir=fresh_store(tmp_path))
     _log(tracker, "unet", "shapes", 0, _shapes_metrics(0.6, 0.5, 0.6, 0.7), **class_names_param(SHAPES))
     bad = _log(tracker, "unet", "shapes", 1, _shapes_metrics(0.6, 0.5, 0.6, 0.7), class_names="disc,square")
     board = build("bad", tracker.uri)

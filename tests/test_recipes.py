@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,11 @@ def test_suite_fields_override_the_recipe_and_unknown_recipes_fail_early(tmp_pat
         load_suite(str(path))
 
 
-def test_a_run_records_its_recipe_and_resolved_config(tmp_path: Path) -> None:
-    args = ["train", "--recipe", "unet_bn-isbi2012-cpu", "--workdir", str(tmp_path), "--experiment", "r"]
+def test_a_run_records_its_recipe_and_resolved_config(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    workdir = str(fresh_store(tmp_path))
+    args = ["train", "--recipe", "unet_bn-isbi2012-cpu", "--workdir", workdir, "--experiment", "r"]
     tiny = {
         "overrides": '{"base_channels": 4}',
         "epochs": "1",
@@ -179,7 +183,7 @@ def test_recipes_command_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_gradient_clipping_bounds_each_step_and_the_norm_is_logged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
     fields = {
         "model": "unet_bn",
@@ -205,7 +209,7 @@ def test_gradient_clipping_bounds_each_step_and_the_norm_is_logged(
         return real_step(self, closure)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
-    tracker = Tracker("clip", workdir=tmp_path)
+    tracker = Tracker("clip", workdir=fresh_store(tmp_path))
     cfg = TrainConfig.from_dict({**fields, "clip_grad_norm": 1e-3})
     result = train(cfg, tracker=tracker, workdir=tmp_path, progress=False)
     assert len(seen) == 2 and seen == pytest.approx([1e-3, 1e-3], rel=1e-4)  # clipped to the limit

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from zoo.cli import main
 from zoo.harness.tracking import COST_KEYS, Tracker
 from zoo.report import build, pareto_front, write_report
 from zoo.report.leaderboard import converged_epoch
+
+from .helpers import seed_store
 
 COST = {"params": 1e6, "gflops": 2.0, "train_images_per_s": 10.0, "latency_ms": 5.0, "peak_memory_mb": 100.0}
 KNOWN = {  # (model, dataset): [(seed, dice, infer images/s)]
@@ -51,9 +54,10 @@ def _log_run(
     return run_id
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> tuple[Tracker, dict[str, str]]:
-    tracker = Tracker("board", workdir=tmp_path)
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> tuple[Tracker, dict[str, str]]:
+    """The KNOWN runs and three to leave out, logged once for the module's tests (which only read)."""
+    tracker = Tracker("board", workdir=seed_store(store_template, tmp_path_factory.mktemp("board")))
     ids = {}
     for (model, dataset), seeds in KNOWN.items():
         for seed, dice, speed in seeds:
@@ -113,8 +117,10 @@ def test_converged_epoch_is_the_first_within_the_tolerance_of_the_best() -> None
         converged_epoch({})
 
 
-def test_the_board_says_when_each_variant_converged(tmp_path: Path) -> None:
-    tracker = Tracker("conv", workdir=tmp_path)
+def test_the_board_says_when_each_variant_converged(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    tracker = Tracker("conv", workdir=fresh_store(tmp_path))
     metrics = {"dice": 0.8, "iou": 0.7, "misclassified": 0.2, "infer_images_per_s": 1.0, **COST}
     curves = {"unet_bn": [0.5, 0.798, 0.8, 0.799], "unet": [0.3, 0.5, 0.7, 0.8]}
     for model, curve in curves.items():
@@ -226,7 +232,10 @@ def test_html_page_renders_in_headless_chromium(
 
 
 def test_bench_ends_with_the_leaderboard(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_store: Callable[[Path], Path],
 ) -> None:
     args = [
         "bench",
@@ -237,7 +246,7 @@ def test_bench_ends_with_the_leaderboard(
         "--datasets",
         "isbi2012",
         "--workdir",
-        str(tmp_path),
+        str(fresh_store(tmp_path)),
     ]
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     assert main(args) == 0

@@ -19,6 +19,8 @@ from zoo.report import build, write_report
 from zoo.report.leaderboard import aggregate, ci95_halfwidth, describe_data, run_link
 from zoo.report.render import MARKER, ReportFolderError, _rows
 
+from .helpers import seed_store
+
 COST = {
     "params": 1e6,
     "gflops": 2.0,
@@ -197,10 +199,10 @@ def board_uri(workdir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Path:
     """Experiment "twin": unet_bn three seeds, unet one seed run three times, on a synthetic twin;
     experiment "real": one run on real data."""
-    root = tmp_path_factory.mktemp("store")
+    root = seed_store(store_template, tmp_path_factory.mktemp("store"))
     twin = Tracker("twin", workdir=root)
     for seed, dice in enumerate((0.80, 0.82, 0.84)):
         _log(twin, "unet_bn", seed, dice, TWIN)

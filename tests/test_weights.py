@@ -12,7 +12,7 @@ import re
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -428,7 +428,9 @@ def test_cli_downloads_lists_and_verifies_through_a_manifest(
 # -- publishing a harness run ------------------------------------------------------------------------
 
 
-def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(tmp_path: Path) -> None:
+def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
     cfg = resolve_recipe(
         "unet_bn-isbi2012-cpu",
         {
@@ -443,7 +445,7 @@ def test_publish_turns_a_run_into_a_verified_entry_that_reproduces_its_metrics(t
             "fold": 2,
         },
     )
-    tracker = Tracker("publish-test", workdir=tmp_path / "work")
+    tracker = Tracker("publish-test", workdir=fresh_store(tmp_path / "work"))
     result = train(cfg, tracker=tracker, workdir=tmp_path / "work")
     out = tmp_path / "published"
     entry = publish_run(result.run_id[:8], tracking_uri=tracker.uri, out_dir=out, tag="tiny")
