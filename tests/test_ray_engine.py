@@ -4,7 +4,7 @@ trials spread over it, every trial recorded in the one MLflow store the driver n
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,9 @@ def two_nodes() -> Iterator[str]:
 
 
 def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
-    two_nodes: str, tmp_path: Path
+    two_nodes: str, tmp_path: Path, fresh_store: Callable[[Path], Path]
 ) -> None:
+    fresh_store(tmp_path)
     space = tmp_path / "spaces.toml"
     space.write_text(textwrap.dedent(SPACE))
     study = make_studies(
@@ -78,7 +79,10 @@ def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
     assert parent.info.status == "FINISHED" and parent.data.tags["engine"] == "ray"
 
 
-def test_a_suite_runs_as_ray_trials_into_one_store(two_nodes: str, tmp_path: Path) -> None:
+def test_a_suite_runs_as_ray_trials_into_one_store(
+    two_nodes: str, tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    fresh_store(tmp_path)
     runs = [tiny_run(seed=0), tiny_run(seed=1)]
     tracker = Tracker("suite-ray", workdir=tmp_path)
     outcomes: list[tuple[str, Any]] = run_suite(

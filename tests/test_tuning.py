@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from zoo.harness.spaces import list_spaces, load_spaces, space_for
 from zoo.harness.training import RunResult, RunStopped
 from zoo.harness.tuning import Budget, Study, make_studies, run_study, run_trial, write_tuned_recipe
 
-from .helpers import tiny_run
+from .helpers import seed_store, tiny_run
 
 optuna = pytest.importorskip("optuna")
 
@@ -180,8 +181,9 @@ def _curve_train(calls: list[float]) -> Any:
 
 
 def test_median_pruning_stops_trials_whose_curve_falls_below_the_others(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
 ) -> None:
+    fresh_store(tmp_path)
     calls: list[float] = []
     monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
     study = tiny_study(tmp_path, trials=6, sampler="random")
@@ -197,7 +199,10 @@ def test_median_pruning_stops_trials_whose_curve_falls_below_the_others(
     assert result.best is not None and result.best.value == pytest.approx(4 * max(calls))
 
 
-def test_a_pruned_trial_is_recorded_as_stopped_with_its_curve(tmp_path: Path) -> None:
+def test_a_pruned_trial_is_recorded_as_stopped_with_its_curve(
+    tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    fresh_store(tmp_path)
     study = tiny_study(tmp_path, max_images=8)  # two epochs of two steps
     tracker = Tracker("pruned-run", workdir=tmp_path)
     parent = tracker.start_run("study")
@@ -222,8 +227,10 @@ def test_a_pruned_trial_is_recorded_as_stopped_with_its_curve(tmp_path: Path) ->
 
 # -- a real study: child runs, tuned recipe, reuse ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Tracker, Path]:
-    tmp = tmp_path_factory.mktemp("study")
+def finished_study(
+    tmp_path_factory: pytest.TempPathFactory, store_template: Path
+) -> tuple[Any, Tracker, Path]:
+    tmp = seed_store(store_template, tmp_path_factory.mktemp("study"))
     study = tiny_study(tmp, trials=2, max_images=8, pruner="none")
     tracker = Tracker("tune-t", workdir=tmp)
     return run_study(study, tracker=tracker, workdir=tmp), tracker, tmp
@@ -275,8 +282,9 @@ def test_the_best_trial_becomes_a_tuned_recipe_that_runs_reuse(
 
 
 def test_a_tuned_suite_trains_each_seed_from_its_tuned_recipe(
-    finished_study: tuple[Any, Tracker, Path], tmp_path: Path
+    finished_study: tuple[Any, Tracker, Path], tmp_path: Path, fresh_store: Callable[[Path], Path]
 ) -> None:
+    fresh_store(tmp_path)
     result, tracker, tmp = finished_study
     suite = tmp_path / "t.toml"
     suite.write_text(
@@ -306,8 +314,12 @@ def test_a_tuned_suite_trains_each_seed_from_its_tuned_recipe(
 
 
 def test_tune_on_the_command_line_writes_the_recipe_and_prints_the_study(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fresh_store: Callable[[Path], Path],
 ) -> None:
+    fresh_store(tmp_path / "w")
     calls: list[float] = []
     monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
     monkeypatch.chdir(tmp_path)
@@ -354,7 +366,10 @@ run_study(study, tracker=Tracker("tune-kill", workdir=tmp), workdir=tmp)
 """
 
 
-def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_sweep_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
+) -> None:
+    fresh_store(tmp_path)
     write_space(tmp_path)
     script = tmp_path / "sweep.py"
     script.write_text(_KILLED_SWEEP)
