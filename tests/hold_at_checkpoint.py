@@ -25,8 +25,13 @@ def _replace_then_hold(src: object, dst: object, *args: object, **kwargs: object
         threading.Event().wait()  # until killed
 
 
-if __name__ == "__main__":
+def hold_at_checkpoint() -> None:
+    """From now on, this process holds still once a checkpoint is renamed into place."""
     os.replace = _replace_then_hold  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    hold_at_checkpoint()
     from zoo.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -49,22 +51,17 @@ HOLD = str(Path(__file__).with_name("hold_at_checkpoint.py"))
 """The CLI, held still once epoch 0's checkpoint is written: the point a test kills the ranks at."""
 
 
+def _torchrun_prefix() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _train_argv(workdir: Path, *args: str) -> list[str]:
+    return ["train", "--workdir", str(workdir), "--experiment", EXPERIMENT, *args]
+
+
 def _torchrun(workdir: Path, *args: str, held: bool = False) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        *((HOLD,) if held else ("-m", "zoo.cli")),
-        "train",
-        "--workdir",
-        str(workdir),
-        "--experiment",
-        EXPERIMENT,
-        *args,
-    ]
+    script = [HOLD] if held else ["-m", "zoo.cli"]
+    return [*_torchrun_prefix(), *script, *_train_argv(workdir, *args)]
 
 
 def _run_args(overrides: dict[str, object], settings: dict[str, object]) -> list[str]:
@@ -96,13 +93,98 @@ def _history(tracker: Tracker, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in tracker.client.get_metric_history(run_id, key)}
 
 
+# BatchNorm with sync_bn: statistics over the global batch, so 2 ranks normalise as one process would
+BN_SETTINGS: dict[str, object] = {**SETTINGS, "epochs": 3, "steps_per_epoch": 3, "sync_bn": True}
+BN_OVERRIDES = {"base_channels": 4, "norm": "batch"}
+# 5 training slices, global batch 4, 2 ranks, whole epochs: the last batch of 1 leaves a rank empty
+TOO_SMALL = {**SETTINGS, "epochs": 1, "steps_per_epoch": None, "synthetic": {"count": 7, "size": 96}}
+
+LAUNCHED_RUNS = {  # run name: (overrides, settings), trained in that order in one launch
+    "groupnorm": (OVERRIDES, SETTINGS),
+    "batchnorm-unsynced": (BN_OVERRIDES, {**BN_SETTINGS, "sync_bn": False}),
+    "too-small": (OVERRIDES, TOO_SMALL),
+    "killed": (BN_OVERRIDES, BN_SETTINGS),  # held after epoch 0's checkpoint, and killed there
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the module's one shared torchrun launch of tests/ddp_checks.py left."""
+
+    grads: Path  # rank 0's float64 sync-BN gradients and statistics
+    workdirs: dict[str, Path]  # run name: its workdir (a store of its own)
+    results: dict[str, list[dict[str, Any]]]  # run name but the killed one: per rank, exit code and output
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (torchrun's workers), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Launch:
+    """Two ranks, once: the float64 gradient step, then `unet-zoo train` of each of LAUNCHED_RUNS, the
+    last killed (every rank at once, with no chance to record anything) once epoch 0 is checkpointed."""
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("finds torchrun's workers through /proc")
+    root = tmp_path_factory.mktemp("ddp-launch")
+    workdirs = {name: seed_store(store_template, root / name) for name in LAUNCHED_RUNS}
+    runs = [
+        {
+            "name": name,
+            "argv": _train_argv(workdirs[name], *_run_args(*LAUNCHED_RUNS[name])),
+            "hold": name == "killed",
+        }
+        for name in LAUNCHED_RUNS
+    ]
+    plan = root / "plan.json"
+    plan.write_text(json.dumps({"grads": str(root / "grads.pt"), "runs": runs, "out": str(root)}))
+    cmd = [*_torchrun_prefix(), str(Path(__file__).with_name("ddp_checks.py")), str(plan)]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    try:
+        while not any((workdirs["killed"] / EXPERIMENT).glob("*/checkpoint.pt")):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    results = {
+        name: [json.loads((root / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)]
+        for name in LAUNCHED_RUNS
+        if name != "killed"
+    }
+    return Launch(root / "grads.pt", workdirs, results)
+
+
 def test_two_ranks_match_one_process_with_the_same_global_batch(
-    tmp_path: Path, fresh_store: Callable[[Path], Path]
+    tmp_path: Path, launch: Launch, fresh_store: Callable[[Path], Path]
 ) -> None:
-    workdir = fresh_store(tmp_path / "ddp")
-    done = _run_ranks(workdir, *_run_args(OVERRIDES, SETTINGS), timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
+    workdir = launch.workdirs["groupnorm"]
+    ranks = launch.results["groupnorm"]
+    assert [r["code"] for r in ranks] == [0, 0], ranks
+    assert [r["output"].count("run folder:") for r in ranks] == [1, 0]  # rank 0 alone prints
     run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
 
@@ -130,11 +212,6 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(
     assert ddp_weights.keys() == ref_weights.keys()
     worst = max((ddp_weights[k].double() - ref_weights[k].double()).abs().max().item() for k in ref_weights)
     assert worst < 1e-5, f"largest weight difference {worst:.3g}"
-
-
-# BatchNorm with sync_bn: statistics over the global batch, so 2 ranks normalise as one process would
-BN_SETTINGS: dict[str, object] = {**SETTINGS, "epochs": 3, "steps_per_epoch": 3, "sync_bn": True}
-BN_OVERRIDES = {"base_channels": 4, "norm": "batch"}
 
 
 @pytest.fixture(scope="module")
@@ -165,61 +242,26 @@ def _assert_matches(reference: dict[str, object], tracker: Tracker, run_id: str,
 
 
 def test_sync_bn_off_normalises_each_rank_slice_alone(
-    tmp_path: Path, batchnorm_reference: dict[str, object], fresh_store: Callable[[Path], Path]
+    launch: Launch, batchnorm_reference: dict[str, object]
 ) -> None:
     # the control: without sync_bn each rank's BatchNorm sees 2 images, not 4, and training differs
-    workdir = fresh_store(tmp_path / "ddp")
-    done = _run_ranks(workdir, *_run_args(BN_OVERRIDES, {**BN_SETTINGS, "sync_bn": False}))
-    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = launch.results["batchnorm-unsynced"]
+    assert [r["code"] for r in ranks] == [0, 0], ranks
+    workdir = launch.workdirs["batchnorm-unsynced"]
     _, run_id = _the_run(workdir)
-    losses = _history(Tracker(EXPERIMENT, workdir=workdir), run_id, "train_loss")
+    tracker = Tracker(EXPERIMENT, workdir=workdir)
+    assert tracker.client.get_run(run_id).data.params["cfg.sync_bn"] == "False"
+    losses = _history(tracker, run_id, "train_loss")
+    assert sorted(losses) == [0, 1, 2]
     assert losses != pytest.approx(batchnorm_reference["loss"], rel=1e-4, abs=1e-6)
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (torchrun's workers), read from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds torchrun's workers through /proc")
 def test_killed_sync_bn_torchrun_run_resumes_into_the_same_run_and_matches_one_process(
-    tmp_path: Path, batchnorm_reference: dict[str, object], fresh_store: Callable[[Path], Path]
+    launch: Launch, batchnorm_reference: dict[str, object]
 ) -> None:
     """BatchNorm with sync_bn: statistics over the global batch, so 2 ranks, killed after epoch 0 and
     resumed, end where one process with the whole batch ends."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    workdir = fresh_store(tmp_path / "ddp")
-    proc = subprocess.Popen(
-        _torchrun(workdir, *_run_args(BN_OVERRIDES, BN_SETTINGS), held=True),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    runs_root = workdir / EXPERIMENT
-    deadline = time.monotonic() + 240
-    try:
-        while not any(runs_root.glob("*/checkpoint.pt")):  # epoch 0 done; rank 0 holds, rank 1 waits
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no checkpoint written in time"
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        assert len(workers) == 2, workers
-        for pid in workers:  # every rank dies at once, with no chance to record anything
-            os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
+    workdir = launch.workdirs["killed"]
     run_dir, run_id = _the_run(workdir)
     tracker = Tracker(EXPERIMENT, workdir=workdir)
     assert tracker.run_status(run_id) == "RUNNING"
@@ -257,30 +299,13 @@ def test_cross_rank_batchnorm_is_plain_batchnorm_in_one_process() -> None:
         assert torch.equal(a, b)
 
 
-def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path) -> None:
+def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(launch: Launch) -> None:
     # one step in float64, so any difference beyond rounding would be a wrong formula, not noise
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        import ddp_sync_bn_grads as script
-    finally:
-        sys.path.pop(0)
-    out = tmp_path / "grads.pt"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(Path(script.__file__)),
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    ranks = torch.load(out, weights_only=True)
+    from . import ddp_checks as script
+
+    ranks = torch.load(launch.grads, weights_only=True)
 
     net = script.model()  # plain BatchNorm over all 4 images
     x, y = script.batch()
@@ -293,17 +318,10 @@ def test_sync_bn_gradients_equal_one_process_batchnorm_in_float64(tmp_path: Path
         assert torch.allclose(ranks["state"][name].to(value.dtype), value, rtol=1e-12, atol=1e-14), name
 
 
-def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(
-    tmp_path: Path, fresh_store: Callable[[Path], Path]
-) -> None:
-    # 5 training slices, global batch 4, 2 ranks, whole epochs: the last batch of 1 leaves a rank empty
-    fresh_store(tmp_path)
-    settings = {**SETTINGS, "epochs": 1, "steps_per_epoch": None, "synthetic": {"count": 7, "size": 96}}
-    done = _run_ranks(tmp_path, *_run_args(OVERRIDES, settings), timeout=240)
-    assert done.returncode != 0
-    assert "an epoch of 5 crops ends with a global batch of 1, fewer samples than the 2 processes" in (
-        done.stdout + done.stderr
-    )
-    tracker = Tracker(EXPERIMENT, workdir=tmp_path)
+def test_a_global_batch_too_small_for_every_rank_is_refused_clearly(launch: Launch) -> None:
+    message = "an epoch of 5 crops ends with a global batch of 1, fewer samples than the 2 processes"
+    for rank in launch.results["too-small"]:
+        assert rank["code"] != 0 and message in rank["output"], rank
+    tracker = Tracker(EXPERIMENT, workdir=launch.workdirs["too-small"])
     (run,) = tracker.client.search_runs([tracker.experiment_id])
     assert run.info.status == "FAILED"
