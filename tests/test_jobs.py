@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ JOBS = 2
 
 
 def _good_runs() -> list[TrainConfig]:
-    """unet_bn and unet_bilinear at tiny width, seeds 0 and 1, on the small EM twin (the smoke budget)."""
-    return load_suite("smoke", models="unet_b*", datasets=["isbi2012"], seeds=2).runs
+    """unet_bilinear and unet_bn at tiny width on the small EM twin (the smoke budget): one run for each
+    of the JOBS workers."""
+    return load_suite("smoke", models="unet_b*", datasets=["isbi2012"]).runs
 
 
 class _Unpicklable(Exception):
@@ -86,17 +88,48 @@ def _children(tracker: Tracker, parent_name: str) -> tuple[Run, list[Run]]:
     return parent, [r for r in runs if r is not parent]
 
 
+@dataclass
+class Parallel:
+    """What ``unet-zoo bench --jobs 2`` left: its store, what it printed, its exit code, and what
+    ``run_suite`` returned to it."""
+
+    tracker: Tracker
+    printed: str
+    code: int
+    runs: list[TrainConfig]
+    outcomes: list[tuple[str, object]]
+
+
 @pytest.fixture(scope="module")
-def parallel(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> tuple[Tracker, str]:
-    """The four good runs through ``unet-zoo bench --jobs 2``, two at a time into one SQLite store."""
+def parallel(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Parallel:
+    """The good runs and two sabotaged ones (one raises in its worker, one kills its worker) through
+    ``unet-zoo bench --jobs 2``, two at a time into one SQLite store. The suite the CLI loads gains the
+    sabotaged runs here (they cannot be written in a suite file), and ``run_suite``'s outcomes are kept
+    on their way back to the CLI; all else is the command's own."""
+    import zoo.harness
     from zoo.cli import main
 
     workdir = seed_store(store_template, tmp_path_factory.mktemp("parallel"))
-    argv = ["bench", "--suite", "smoke", "--models", "unet_b*", "--datasets", "isbi2012", "--seeds", "2"]
+    real_load, real_run = zoo.harness.load_suite, zoo.harness.run_suite
+    kept: dict[str, Any] = {}
+
+    def load_with_sabotage(*args: Any, **kwargs: Any) -> Suite:
+        suite = real_load(*args, **kwargs)
+        suite.runs = [*suite.runs, _sabotaged("raise", seed=8), _sabotaged("kill", seed=7)]
+        kept["runs"] = list(suite.runs)
+        return suite
+
+    def run_and_keep(*args: Any, **kwargs: Any) -> list[tuple[str, object]]:
+        kept["outcomes"] = real_run(*args, **kwargs)
+        return kept["outcomes"]  # type: ignore[no-any-return]
+
+    argv = ["bench", "--suite", "smoke", "--models", "unet_b*", "--datasets", "isbi2012"]
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main([*argv, "--workdir", str(workdir), "--jobs", str(JOBS)]) == 0
-    return Tracker("suite-smoke", workdir=workdir), printed.getvalue()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(zoo.harness, "load_suite", load_with_sabotage)
+        patch.setattr(zoo.harness, "run_suite", run_and_keep)
+        code = main([*argv, "--workdir", str(workdir), "--jobs", str(JOBS)])
+    return Parallel(Tracker("suite-smoke", workdir=workdir), printed.getvalue(), code, **kept)
 
 
 @pytest.fixture(scope="module")
@@ -106,32 +139,39 @@ def sequential(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -
     return run_suite(Suite("jobs", "", _good_runs()), tracker=tracker, workdir=str(workdir), progress=False)
 
 
-def test_parallel_runs_are_all_recorded_complete_under_one_parent(parallel: tuple[Tracker, str]) -> None:
-    tracker, printed = parallel
-    names = [c.run_name for c in _good_runs()]
-    table = [words[0] for words in map(str.split, printed.splitlines()) if words and words[0] in names]
+def test_parallel_runs_are_each_recorded_once_under_one_parent(parallel: Parallel) -> None:
+    names = [c.run_name for c in parallel.runs]
+    assert names[: len(_good_runs())] == [c.run_name for c in _good_runs()]
+    assert parallel.code == 1  # some runs failed
+    table = [
+        words[0] for words in map(str.split, parallel.printed.splitlines()) if words and words[0] in names
+    ]
     assert table == names  # the results table keeps the suite's order, whatever finished first
+    tracker = parallel.tracker
     parent, children = _children(tracker, "smoke")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"  # not every run finished
     assert sorted(r.info.run_name for r in children) == sorted(names)  # each run once: no duplicates
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    good = {c.run_name for c in _good_runs()}
     for run in children:
         name = run.info.run_name
+        if name not in good:
+            continue
         assert run.info.status == "FINISHED", name
         assert sorted(m.step for m in tracker.client.get_metric_history(run.info.run_id, "val_dice")) == [0]
         for key in (*QUALITY_KEYS, "train_images_per_s", "infer_images_per_s", "best_epoch"):
             assert key in run.data.metrics, (name, key)
         weights = [a.path for a in tracker.client.list_artifacts(run.info.run_id, "weights")]
         assert weights == ["weights/best.safetensors"], name
+    assert "leaderboard: " in parallel.printed  # of the runs that finished
 
 
 def test_parallel_quality_equals_a_sequential_run(
-    parallel: tuple[Tracker, str], sequential: list[tuple[str, object]]
+    parallel: Parallel, sequential: list[tuple[str, object]]
 ) -> None:
     # Seeded crops, augmentation and initialisation make a run's numbers a function of its config; the
     # process it runs in, its thread count and the runs beside it must not change them.
-    tracker, _ = parallel
-    _, children = _children(tracker, "smoke")
+    _, children = _children(parallel.tracker, "smoke")
     recorded = {r.info.run_name: r.data.metrics for r in children}
     for name, result in sequential:
         assert isinstance(result, RunResult), result
@@ -140,25 +180,22 @@ def test_parallel_quality_equals_a_sequential_run(
 
 
 def test_a_killed_worker_and_a_failing_run_are_reported_and_others_unaffected(
-    tmp_path: Path, sequential: list[tuple[str, object]], fresh_store: Callable[[Path], Path]
+    parallel: Parallel, sequential: list[tuple[str, object]]
 ) -> None:
-    good = _good_runs()[0]
-    runs = [_sabotaged("raise", seed=8), _sabotaged("kill", seed=7), good]
-    tracker = Tracker("jobs-test", workdir=fresh_store(tmp_path))
-    outcomes = run_suite(Suite("jobs", "", runs), tracker=tracker, workdir=str(tmp_path), jobs=JOBS)
+    runs, outcomes = parallel.runs, parallel.outcomes
     assert [name for name, _ in outcomes] == [c.run_name for c in runs]
-    parent, children = _children(tracker, "jobs")
-    assert parent.info.status == "FAILED"
+    _, children = _children(parallel.tracker, "smoke")
     status = {r.info.run_name: r.info.status for r in children}
-    assert len(children) == len(status) == 3
-    raised, killed, finished = (o for _, o in outcomes)
+    *finished, (raised_name, raised), (killed_name, killed) = outcomes
     # _Unpicklable cannot cross back to the parent, so its type and message come as text
     assert isinstance(raised, RuntimeError) and str(raised) == "_Unpicklable: sabotaged in the worker"
-    assert status[runs[0].run_name] == "FAILED"  # by train() in the worker
+    assert status[raised_name] == "FAILED"  # by train() in the worker
     assert isinstance(killed, WorkerDiedError) and "worker process died" in str(killed)
-    assert status[runs[1].run_name] == "FAILED"  # by the parent: the worker could not
-    assert isinstance(finished, RunResult) and status[good.run_name] == "FINISHED"
-    assert finished.metrics["dice"] == dict(sequential)[good.run_name].metrics["dice"]  # type: ignore[attr-defined]
+    assert status[killed_name] == "FAILED"  # by the parent: the worker could not
+    expected = dict(sequential)
+    for name, result in finished:
+        assert isinstance(result, RunResult) and status[name] == "FINISHED"
+        assert result.metrics["dice"] == expected[name].metrics["dice"]  # type: ignore[attr-defined]
 
 
 def test_bench_cli_rejects_a_job_count_below_one(
