@@ -200,11 +200,20 @@ def test_tiled_prediction_figures_follow_from_its_tiles_and_timings(
 
 
 def test_data_pipeline_rates_are_positive_and_their_ratio_decides_the_exit(
-    scripts: Callable[[str], ModuleType], tmp_path: Path, em_twin: Path
+    scripts: Callable[[str], ModuleType], tmp_path: Path, em_twin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = data_root(tmp_path, isbi2012=em_twin)
     args = ("--data-root", str(root), "--size", "32", "--batch", "1", "--seconds", "0.01")
-    code, results = run_main(scripts("data_pipeline"), tmp_path / "out", *args)
+    module = scripts("data_pipeline")
+    built: list[str] = []
+
+    def toy_model(name: str, **kwargs: Any) -> torch.nn.Module:  # the arithmetic, not the speed: width 8
+        built.append(name)
+        return create_model(name, **{**kwargs, "base_channels": 8})
+
+    monkeypatch.setattr(module, "create_model", toy_model)
+    code, results = run_main(module, tmp_path / "out", *args)
+    assert built == ["unet_bn", "unet_bn"]  # the two training steps timed
     assert results["data"] == str(root / "isbi2012") and (results["crop"], results["batch"]) == (32, 1)
     rates = {k: v for k, v in results.items() if k.endswith("_images_per_s")}
     assert set(rates) == {
