@@ -1,8 +1,10 @@
-"""Shared fixtures. Every test runs with the network closed except the loopback interface."""
+"""Shared fixtures. Every test runs with the network closed except the loopback interface, and with one
+torch thread per process."""
 
 from __future__ import annotations
 
 import functools
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +17,12 @@ from zoo.data.synthetic import write_car_twin, write_em_twin
 from zoo.harness.tracking import default_tracking_uri, open_client, sqlite_path
 
 from .helpers import real_data_root, seed_store
+
+# One torch thread here and in the subprocesses tests start, unless OMP_NUM_THREADS says otherwise: the
+# tests' networks are tiny, and where the cores are shared (other jobs, a test's own subprocesses) a
+# thread that has to wait for a core holds up every operation: the suite ran several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -170,7 +170,8 @@ def test_parallel_quality_equals_a_sequential_run(
     parallel: Parallel, sequential: list[tuple[str, object]]
 ) -> None:
     # Seeded crops, augmentation and initialisation make a run's numbers a function of its config; the
-    # process it runs in, its thread count and the runs beside it must not change them.
+    # process it runs in and the runs beside it must not change them (nor its thread count, which the
+    # test run holds at one everywhere: tests/conftest.py)
     _, children = _children(parallel.tracker, "smoke")
     recorded = {r.info.run_name: r.data.metrics for r in children}
     for name, result in sequential:
