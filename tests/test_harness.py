@@ -270,10 +270,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, store_template: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_server_starting(
+    tmp_path_factory: pytest.TempPathFactory, store_template: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """An MLflow server on 127.0.0.1, started as the module's first test starts: its seconds of start-up
+    (two Python processes importing MLflow's server) pass while the module's other tests run."""
+    folder = tmp_path_factory.mktemp("server")
+    shutil.copyfile(store_template, folder / "server.db")  # the server's store, its tables built
     port = _free_port()
-    shutil.copyfile(store_template, tmp_path / "server.db")  # the server's store, its tables built
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -285,9 +290,9 @@ def mlflow_server(tmp_path: Path, store_template: Path) -> Iterator[str]:
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination",
-            (tmp_path / "server-artifacts").as_uri(),
+            (folder / "server-artifacts").as_uri(),
             "--workers",
             "1",
         ],
@@ -295,24 +300,30 @@ def mlflow_server(tmp_path: Path, store_template: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing of the server's is checked after its test
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(_mlflow_server_starting: tuple[subprocess.Popen[bytes], str]) -> str:
+    """The module's MLflow server, once it answers."""
     import urllib.request
 
+    proc, url = _mlflow_server_starting
+    deadline = time.monotonic() + 120
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return url
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("mlflow server did not come up on 127.0.0.1")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGKILL)  # nothing of the server's is checked after the test: no grace period
-    proc.wait(timeout=30)
+        time.sleep(0.2)
 
 
 def test_a_run_logged_through_an_mlflow_server_reads_back_complete(
