@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from zoo.harness import Suite, Tracker, run_suite
+from zoo.harness import Suite, Tracker
 from zoo.harness.engines import Engine
+from zoo.harness.ray_engine import run_study_on_ray, run_suite_on_ray
 from zoo.harness.spaces import load_spaces
 from zoo.harness.training import RunResult
-from zoo.harness.tuning import make_studies, run_study
+from zoo.harness.tuning import make_studies
 
 from .helpers import tiny_run
 
@@ -60,7 +61,7 @@ def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
         space=load_spaces(space),
     )[0]
     tracker = Tracker("tune-ray", workdir=tmp_path)
-    result = run_study(study, tracker=tracker, workdir=tmp_path, engine=Engine("ray", two_nodes))
+    result = run_study_on_ray(study, tracker=tracker, workdir=tmp_path, engine=Engine("ray", two_nodes))
     assert result.engine == "ray" and len(result.trials) == 2
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
@@ -85,10 +86,10 @@ def test_a_suite_runs_as_ray_trials_into_one_store(
     fresh_store(tmp_path)
     runs = [tiny_run(seed=0), tiny_run(seed=1)]
     tracker = Tracker("suite-ray", workdir=tmp_path)
-    outcomes: list[tuple[str, Any]] = run_suite(
+    outcomes: list[tuple[str, Any]] = run_suite_on_ray(
         Suite("ray", "two seeds on Ray", runs),
         tracker=tracker,
-        workdir=str(tmp_path),
+        workdir=tmp_path,
         engine=Engine("ray", two_nodes),
     )
     assert [name for name, _ in outcomes] == ["unet_bn-isbi2012-s0", "unet_bn-isbi2012-s1"]

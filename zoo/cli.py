@@ -289,13 +289,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     source = f"real data under {args.data_root}" if args.data_root else "synthetic twins"
     print(f"suite {suite.name}: {len(suite.runs)} runs on {source}", flush=True)
     tracker = _tracker(args, f"suite-{suite.name}")
-    outcomes = run_suite(
-        suite,
-        tracker=tracker,
-        workdir=args.workdir,
-        jobs=args.jobs,
-        engine=_engine(args),
-    )
+    engine = _engine(args)
+    if engine.name == "ray":
+        from zoo.harness.ray_engine import run_suite_on_ray
+
+        outcomes = run_suite_on_ray(suite, tracker=tracker, workdir=args.workdir, engine=engine)
+    else:
+        outcomes = run_suite(suite, tracker=tracker, workdir=args.workdir, jobs=args.jobs)
     _print_results(outcomes)
     uri = tracker.uri
     print(f"\nruns: MLflow experiment {tracker.experiment!r} at {uri}")
@@ -346,12 +346,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     )
     rows, failed = [], 0
     for study in studies:
-        result = run_study(
-            study,
-            tracker=tracker,
-            workdir=args.workdir,
-            engine=engine,
-        )
+        if engine.name == "ray":
+            from zoo.harness.ray_engine import run_study_on_ray
+
+            result = run_study_on_ray(study, tracker=tracker, workdir=args.workdir, engine=engine)
+        else:
+            result = run_study(study, tracker=tracker, workdir=args.workdir)
         best = result.best
         if best is None:
             failed += 1

@@ -30,6 +30,7 @@ from typing import Any
 from zoo.errors import ConfigError
 from zoo.harness.config import TrainConfig
 from zoo.harness.engines import Engine
+from zoo.harness.suites import Suite, prepare_synthetic_twins, start_suite_run
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, RunStopped, train
 from zoo.harness.tuning import (
@@ -187,8 +188,6 @@ def run_study_on_ray(
     from ray.tune.search.optuna import OptunaSearch
 
     start = time.perf_counter()
-    from zoo.harness.suites import prepare_synthetic_twins
-
     study = dataclasses.replace(study, base=_absolute(study.base))
     prepare_synthetic_twins([study.base], str(Path(workdir).resolve()))
     resources = trial_resources(study.base, engine)
@@ -256,18 +255,25 @@ def _suite_run(config: dict[str, Any], *, runs: list[TrainConfig], job: _Job, su
 
 
 def run_suite_on_ray(
-    name: str,
-    runs: list[TrainConfig],
-    *,
-    tracker: Tracker,
-    parent: str,
-    workdir: str | Path = "runs",
-    engine: Engine,
+    suite: Suite, *, tracker: Tracker, workdir: str | Path = "runs", engine: Engine
 ) -> list[tuple[str, object]]:
-    """Each of a suite's ``runs`` as one Ray Tune trial under ``parent``; ``(run name, RunResult or the
-    error)`` per run, in the suite's order. A suite killed midway resumes: finished runs are not redone."""
-    from zoo.harness.suites import prepare_synthetic_twins
+    """Each of ``suite``'s runs as one Ray Tune trial under the suite's parent run (as
+    :func:`zoo.harness.suites.run_suite` records them); ``(run name, RunResult or the error)`` per run, in
+    the suite's order. A suite killed midway resumes: finished runs are not redone."""
+    parent = start_suite_run(suite, tracker)
+    try:
+        outcomes = _suite_on_ray(suite.name, suite.runs, tracker, parent, workdir, engine)
+    except BaseException:
+        tracker.finish(parent, "KILLED")
+        raise
+    failed = any(not isinstance(o, RunResult) for _, o in outcomes)
+    tracker.finish(parent, "FAILED" if failed else "FINISHED")
+    return outcomes
 
+
+def _suite_on_ray(
+    name: str, runs: list[TrainConfig], tracker: Tracker, parent: str, workdir: str | Path, engine: Engine
+) -> list[tuple[str, object]]:
     where = connect(engine.address)
     from ray import tune
 

@@ -60,11 +60,10 @@ import tomllib
 from zoo.errors import ConfigError, ZooError, close_names
 from zoo.harness.config import TrainConfig
 from zoo.harness.data import build_data
-from zoo.harness.engines import Engine
 from zoo.harness.recipes import get_recipe, recipe_for, resolve_recipe
 from zoo.harness.tracking import Tracker
 from zoo.harness.training import RunResult, train
-from zoo.harness.tuning import LOCAL, tuned_recipe_name
+from zoo.harness.tuning import tuned_recipe_name
 from zoo.registry import get_entry, list_models
 
 __all__ = [
@@ -76,6 +75,7 @@ __all__ = [
     "format_duration",
     "load_suite",
     "run_suite",
+    "start_suite_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,26 +302,8 @@ class _Progress:
             log.error("%s: failed after %s: %s; %s", head, format_duration(seconds), outcome, suite)
 
 
-def run_suite(
-    suite: Suite,
-    *,
-    tracker: Tracker,
-    workdir: str = "runs",
-    progress: bool = True,
-    jobs: int = 1,
-    engine: Engine = LOCAL,
-) -> list[tuple[str, object]]:
-    """Run every config of ``suite`` under one parent MLflow run; a failing run is recorded and skipped.
-
-    Args:
-        jobs: runs trained at once, each in its own process (1: one after another, in this process).
-        engine: where the runs train: this machine (``jobs`` at a time), or Ray, each run a Ray Tune
-            trial on a local Ray or a cluster (:mod:`zoo.harness.ray_engine`; ``jobs`` does not apply).
-
-    Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
-    """
-    if jobs < 1:
-        raise ConfigError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
+def start_suite_run(suite: Suite, tracker: Tracker) -> str:
+    """The suite's parent run, with what the suite is (its runs are recorded under it)."""
     parent = tracker.start_run(suite.name, tags={"zoo.kind": "suite", "suite": suite.name})
     tracker.log_params(
         parent,
@@ -335,16 +317,30 @@ def run_suite(
             "data_root": str(suite.runs[0].data_root) if suite.runs else "",
         },
     )
+    return parent
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    tracker: Tracker,
+    workdir: str = "runs",
+    progress: bool = True,
+    jobs: int = 1,
+) -> list[tuple[str, object]]:
+    """Run every config of ``suite`` under one parent MLflow run; a failing run is recorded and skipped.
+
+    Args:
+        jobs: runs trained at once, each in its own process (1: one after another, in this process).
+
+    Returns ``(run name, RunResult or the exception)`` per run, in the suite's order.
+    """
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs}: the number of runs trained at once must be 1 or more")
+    parent = start_suite_run(suite, tracker)
     outcomes: list[tuple[str, object]] = []
     report = _Progress(len(suite.runs), jobs)
     try:
-        if engine.name == "ray":
-            from zoo.harness.ray_engine import run_suite_on_ray
-
-            outcomes = run_suite_on_ray(
-                suite.name, suite.runs, tracker=tracker, parent=parent, workdir=workdir, engine=engine
-            )
-            return outcomes  # Ray reports the trials' progress itself
         if jobs > 1:
             outcomes = _run_parallel(
                 suite, tracker=tracker, workdir=workdir, parent=parent, jobs=jobs, report=report

@@ -39,7 +39,6 @@ import tomllib
 from zoo.data.registry import get_dataset
 from zoo.errors import ConfigError, close_names
 from zoo.harness.config import TrainConfig
-from zoo.harness.engines import Engine
 from zoo.harness.recipes import get_recipe, use_recipe_files
 from zoo.harness.spaces import SearchSpace, apply, space_for
 from zoo.harness.tracking import Tracker, git_state, open_client, store_lock
@@ -63,7 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LOCAL = Engine()
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "asha", "none")
 OBJECTIVE = "dice"
@@ -350,14 +348,9 @@ def run_study(
     *,
     tracker: Tracker,
     workdir: str | Path = "runs",
-    engine: Engine = LOCAL,
 ) -> StudyResult:
-    """Run ``study`` to its budget on ``engine`` (this process, or Ray), resuming a killed sweep of the
-    same study; the result lists every trial."""
-    if engine.name == "ray":
-        from zoo.harness.ray_engine import run_study_on_ray
-
-        return run_study_on_ray(study, tracker=tracker, workdir=workdir, engine=engine)
+    """Run ``study`` to its budget in this process, resuming a killed sweep of the same study; the
+    result lists every trial. On Ray: :func:`zoo.harness.ray_engine.run_study_on_ray`."""
     _import_optuna()
     import optuna
 
