@@ -94,19 +94,8 @@ def test_every_manifest_entry_matches_its_file(entry: WeightsEntry) -> None:
     assert (model.in_channels, model.num_classes) == (entry.in_channels, entry.num_classes)
 
 
-FULL_REPRODUCTION_IMAGES = 16
-"""Entries validated on more images reproduce their metrics in full in the slow run only (carvana512's
-192 images in bfloat16 take minutes on a CPU without native bfloat16); the default run scores a sample."""
-
-
-def _small_validation(entry: WeightsEntry) -> bool:
-    return len(entry.split["val_items"]) <= FULL_REPRODUCTION_IMAGES
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [pytest.param(e, id=e.name, marks=() if _small_validation(e) else pytest.mark.slow) for e in SHIPPED],
-)
+@pytest.mark.slow  # the whole validation set in bfloat16, which this CPU emulates: 30 s to minutes each
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
 def test_shipped_weights_reproduce_their_recorded_metrics(entry: WeightsEntry, real_data: Path) -> None:
     try:
         got = reproduce_metrics(entry, real_data)
@@ -117,15 +106,16 @@ def test_shipped_weights_reproduce_their_recorded_metrics(entry: WeightsEntry, r
         assert got[key] == pytest.approx(value, abs=2e-3), key
 
 
-@pytest.mark.parametrize("entry", [e for e in SHIPPED if not _small_validation(e)], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
 def test_shipped_weights_score_a_sample_of_their_validation_images_near_the_recorded_dice(
     entry: WeightsEntry, real_data: Path
 ) -> None:
-    """The default run's share of the full reproduction above: four of the named validation images,
-    spread over the list (carvana512: four cars), scored as the harness measured (same loader, resize,
-    dtype and memory format); weights, data or preprocessing gone wrong fall far below the recorded mean."""
+    """The default run's share of the full reproduction above: two of the named validation images, far
+    apart in the list (two ISBI slices, two Carvana cars), scored as the harness measured them (same
+    loader, resize, dtype and memory format, every recorded metric). Images differ, so their Dice is
+    near the recorded mean, not equal; weights, data or preprocessing gone wrong fall far below it."""
     items = entry.split["val_items"]
-    sample = items[:: len(items) // 4][:4]
+    sample = items[:: len(items) // 2][:2]
     try:
         got = reproduce_metrics(
             dataclasses.replace(entry, split={**entry.split, "val_items": sample}), real_data
@@ -133,7 +123,7 @@ def test_shipped_weights_score_a_sample_of_their_validation_images_near_the_reco
     except DataUnavailableError as err:
         pytest.skip(str(err))
     assert set(got) == set(entry.metrics)
-    assert got["dice"] == pytest.approx(entry.metrics["dice"], abs=0.02), sample
+    assert got["dice"] == pytest.approx(entry.metrics["dice"], abs=0.03), sample
 
 
 def test_pretrained_true_loads_the_default_and_matches_the_file() -> None:
