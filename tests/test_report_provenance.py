@@ -50,6 +50,7 @@ def _frame(rows: list[tuple[str, int, float]], *, dataset: str = "isbi2012") -> 
                 "seed": seed,
                 "split": "blocks (fold 0 of 3)",
                 "recipe": "paper",
+                "tuning": "-",
                 "budget": "2 epochs x 3 steps x batch 2, crop 64",
                 "device": "test CPU",
                 "dtype": "float32",

@@ -211,10 +211,13 @@ def _file_safe(name: str) -> str:
 
 
 def _provenance(section: _Section) -> tuple[list[str], list[str]]:
-    """Lines of what the whole section shares, and the provenance columns that differ between rows."""
+    """Lines of what the whole section shares, and the provenance columns that differ between rows (a
+    fact no row has, such as the tuning of hand-made recipes, "-" everywhere, is not said)."""
     shared, varying = [], []
     for key, label in PROVENANCE.items():
         values = set(section.table[key])
+        if values == {"-"} and key == "tuning":
+            continue
         if len(values) == 1:
             shared.append(f"{label}: {values.pop()}")
         else:
