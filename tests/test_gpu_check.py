@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -136,8 +138,40 @@ def test_unknown_stage_names_are_refused_with_the_valid_ones(gpu_check: ModuleTy
         gpu_check.main(["--quick", "--stages", "throughput,trian-isbi2012", "--out", str(tmp_path)])
 
 
+def _run_here(argv: list[str], env: dict[str, str]) -> int:
+    """A stage's ``python -m zoo.cli ...`` or ``python benchmarks/SCRIPT.py ...`` run in this process, in
+    the stage's environment; its exit code."""
+    assert argv[0] == sys.executable, argv
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                patch.setenv(key, value)
+        if argv[1:3] == ["-m", "zoo.cli"]:
+            from zoo.cli import main
+
+            return main(argv[3:])
+        script = Path(argv[1])
+        assert script.parent == BENCHMARKS and script.suffix == ".py", argv
+        return int(importlib.import_module(script.stem).main(argv[2:]))
+
+
+def in_this_process(gpu_check: ModuleType, name: str) -> Any:
+    """The default stage ``name`` with its command line run in this process as the check asks for it; the
+    child the check then starts only hands back that exit code. A quick stage's time is mostly its
+    child's start-up (importing torch and the zoo); real children are the test above's business, and
+    every stage's the slow test's."""
+    (stage,) = [s for s in gpu_check.default_stages() if s.name == name]
+
+    def command(run: Any) -> list[str]:
+        code = _run_here(stage.command(run), gpu_check.child_env(run.plan))
+        return [sys.executable, "-c", f"raise SystemExit({code})"]
+
+    return dataclasses.replace(stage, command=command)
+
+
 def test_quick_throughput_stage_reports_the_a100_comparison(gpu_check: ModuleType, tmp_path: Path) -> None:
-    code = gpu_check.main(["--quick", "--stages", "throughput", "--out", str(tmp_path)])
+    argv = ["--quick", "--stages", "throughput", "--out", str(tmp_path)]
+    code = gpu_check.main(argv, stages=[in_this_process(gpu_check, "throughput")])
     assert code == 0
     results, summary = written(tmp_path, "gpu_check-quick")
     (stage,) = results["stages"]
@@ -155,11 +189,11 @@ def test_quick_throughput_stage_reports_the_a100_comparison(gpu_check: ModuleTyp
 def test_quick_training_stage_trains_within_its_budget(
     gpu_check: ModuleType, tmp_path: Path, fresh_store: Callable[[Path], Path]
 ) -> None:
-    """The default test run's share of the quick mode: one training stage end to end (the whole quick
-    mode is the slow test below)."""
+    """The default test run's share of the quick mode: one training stage, its command run in this
+    process (the whole quick mode, every stage a child of its own, is the slow test below)."""
     workdir = fresh_store(tmp_path / "work")  # the stages' one store
     argv = ["--quick", "--stages", "train-isbi2012", "--out", str(tmp_path), "--workdir", str(workdir)]
-    code = gpu_check.main(argv)
+    code = gpu_check.main(argv, stages=[in_this_process(gpu_check, "train-isbi2012")])
     results, summary = written(tmp_path, "gpu_check-quick")
     (stage,) = results["stages"]
     assert code == 0 and stage["status"] == "ok", stage["output_tail"]
