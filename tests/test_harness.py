@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -216,33 +217,39 @@ def _train_args(workdir: Path) -> list[str]:
     ]
 
 
+def _train_held(argv: list[str]) -> None:
+    """In a forked child: ``unet-zoo ARGV``, held still once epoch 0's checkpoint is on disk."""
+    from zoo.cli import main
+
+    from .hold_at_checkpoint import hold_at_checkpoint
+
+    hold_at_checkpoint()
+    main(argv)
+
+
 def test_killed_run_resumes_into_the_same_run_and_finishes(
     tmp_path: Path, fresh_store: Callable[[Path], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from zoo.cli import main
 
     killed = fresh_store(tmp_path / "killed")
-    # a real process, SIGKILLed once epoch 0's checkpoint is on disk (held there: see the script)
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("hold_at_checkpoint.py")), *_train_args(killed)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # a process of its own, SIGKILLed once epoch 0's checkpoint is on disk (held there: see the script);
+    # forked, not started afresh, which would spend seconds importing torch and the zoo again
+    proc = multiprocessing.get_context("fork").Process(target=_train_held, args=(_train_args(killed),))
+    proc.start()
     runs_root = killed / "resume-test"
     deadline = time.monotonic() + 240
     try:
         while not any(runs_root.glob("*/checkpoint.pt")):
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.is_alive(), f"the run ended by itself (exit code {proc.exitcode})"
             assert time.monotonic() < deadline, "no checkpoint written in time"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL  # the kill, not the end of the run, stopped it
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.exitcode == -signal.SIGKILL  # the kill, not the end of the run, stopped it
     (run_dir,) = runs_root.iterdir()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     tracker = Tracker("resume-test", workdir=killed)
