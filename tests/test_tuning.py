@@ -382,14 +382,16 @@ def test_a_killed_sweep_resumes_where_it_stopped(
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert marker.exists(), "the sweep never reached its second trial"
+    study = tiny_study(tmp_path, trials=3, pruner="none")
+    tracker = Tracker("tune-kill", workdir=tmp_path)
+    with pytest.raises(ConfigError, match="being run by another process"):  # not a second sweep beside it
+        run_study(study, tracker=tracker, workdir=tmp_path)
     proc.send_signal(signal.SIGKILL)  # no handler runs: the trial and its run are left RUNNING
     proc.wait()
     killed_lr = float(marker.read_text())
 
     calls: list[float] = []
     monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
-    study = tiny_study(tmp_path, trials=3, pruner="none")
-    tracker = Tracker("tune-kill", workdir=tmp_path)
     result = run_study(study, tracker=tracker, workdir=tmp_path)
     # trial 0 is kept; the killed trial's values run again first; one more fills the budget of three
     assert len(calls) == 2 and calls[0] == killed_lr

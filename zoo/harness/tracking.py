@@ -188,10 +188,11 @@ def open_client(uri: str) -> MlflowClient:
 
 
 @contextlib.contextmanager
-def store_lock(db: Path | None) -> Iterator[None]:
+def store_lock(db: Path | None, *, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``<db>.lock`` (a file beside the SQLite store ``db``) for the block: one
     process at a time creates or migrates the store. No lock for None, nor where ``fcntl`` is missing
-    (not POSIX) or the lock file cannot be made (then MLflow's own error about the store says more)."""
+    (not POSIX) or the lock file cannot be made (then MLflow's own error about the store says more).
+    With ``wait=False`` a lock another process holds raises BlockingIOError at once."""
     try:
         import fcntl
     except ImportError:  # Windows: the suite's own ordering (Tracker before workers) has to do
@@ -208,7 +209,7 @@ def store_lock(db: Path | None) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)  # freed when closed or dead
         yield
     finally:
         os.close(fd)

@@ -23,13 +23,14 @@ A suite file holds a study's settings in its ``[tune]`` table (``trials``, ``max
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,12 +266,34 @@ class StudyResult:
 
 
 # -- the local engine: Optuna in this process -------------------------------------------------------------
-def storage_uri(workdir: str | Path, experiment: str, study: str) -> str:
+def storage_path(workdir: str | Path, experiment: str, study: str) -> Path:
     """The Optuna store of one study: an SQLite file of its own (two studies run at once never wait for
     each other's lock), under the workdir beside the MLflow store."""
     folder = Path(workdir).resolve() / "tune" / experiment
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / f'{study}.db').as_posix()}"
+    return folder / f"{study}.db"
+
+
+def storage_uri(workdir: str | Path, experiment: str, study: str) -> str:
+    """:func:`storage_path` as Optuna's storage URL."""
+    return f"sqlite:///{storage_path(workdir, experiment, study).as_posix()}"
+
+
+@contextlib.contextmanager
+def sweeping(workdir: str | Path, experiment: str, study: str) -> Iterator[None]:
+    """Hold the study for this process while it runs: a second sweep of the same study (another terminal,
+    a lane started twice) would take the first one's running trial for a killed one and retry it."""
+    db = storage_path(workdir, experiment, study)
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(store_lock(db, wait=False))
+    except BlockingIOError:
+        raise ConfigError(
+            f"study {study!r} is being run by another process (it holds {db}.lock): wait for it to end, or "
+            "stop it first; a rerun then resumes the study where it stopped"
+        ) from None
+    with held:
+        yield
 
 
 def study_parent_run(tracker: Tracker, study: Study) -> str:
@@ -354,77 +377,89 @@ def run_study(
     _import_optuna()
     import optuna
 
-    start = time.perf_counter()
-    parent = study_parent_run(tracker, study)
-    orphans = end_orphan_trials(tracker, parent)
-    opt = optuna.create_study(
-        study_name=study.name,
-        storage=storage_uri(workdir, tracker.experiment, study.name),
-        sampler=study.make_sampler(),
-        pruner=study.make_pruner(),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    # A sweep killed mid-trial left that trial RUNNING: it is closed as failed and its values are tried
-    # again first; it does not count against the budget. Every other ended trial does, a failed one too
-    # (a learning rate that diverges is an outcome of the search, and spent its images).
-    retried = list(opt.user_attrs.get("retried_trials", []))
-    for stale in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        opt.tell(stale.number, state=optuna.trial.TrialState.FAIL)
-        opt.enqueue_trial(dict(stale.params), skip_if_exists=False)
-        retried.append(stale.number)
-    opt.set_user_attr("retried_trials", retried)
-    done = sum(t.state.is_finished() for t in opt.get_trials(deepcopy=False)) - len(retried)
-    if done or orphans:
-        log.info("%s: resuming with %d of %d trials done", study.name, done, study.budget.trials)
-
-    def objective(trial: optuna.Trial) -> float:
-        values = study.space.sample(trial)
-
-        def report(epoch: int, value: float) -> bool:
-            trial.report(value, epoch)
-            return trial.should_prune()
-
-        try:
-            result = run_trial(
-                study, values, trial.number, tracker=tracker, workdir=workdir, parent=parent, report=report
-            )
-        except RunStopped as stop:
-            trial.set_user_attr("run_id", stop.run_id)
-            raise optuna.TrialPruned(stop.reason) from None
-        trial.set_user_attr("run_id", result.run_id)
-        return float(result.metrics[OBJECTIVE])
-
-    class _Progress:
-        def __call__(self, _: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            value = "-" if trial.value is None else f"{trial.value:.4f}"
-            log.info("%s: trial %d %s (Dice %s)", study.name, trial.number, _optuna_state(trial), value)
-
-    left = study.budget.trials - done
-    try:
-        if left > 0:
-            opt.optimize(
-                objective,
-                n_trials=left,
-                timeout=study.budget.seconds,
-                callbacks=[_Progress()],
-                catch=(
-                    Exception,
-                ),  # a failed trial is recorded (FAILED run, failed trial); the study goes on
-                gc_after_trial=True,
-            )
-    except BaseException:
-        tracker.finish(parent, "KILLED")
-        raise
-    result = StudyResult(study, parent, "local", seconds=time.perf_counter() - start)
-    for t in opt.get_trials(deepcopy=False):
-        state = "killed" if t.number in retried else _optuna_state(t)
-        outcome = TrialOutcome(
-            t.number, dict(t.params), state, t.value, t.user_attrs.get("run_id"), len(t.intermediate_values)
+    with sweeping(workdir, tracker.experiment, study.name):
+        start = time.perf_counter()
+        parent = study_parent_run(tracker, study)
+        orphans = end_orphan_trials(tracker, parent)
+        opt = optuna.create_study(
+            study_name=study.name,
+            storage=storage_uri(workdir, tracker.experiment, study.name),
+            sampler=study.make_sampler(),
+            pruner=study.make_pruner(),
+            direction="maximize",
+            load_if_exists=True,
         )
-        result.trials.append(outcome)
-    record_study(tracker, result)
-    return result
+        # A sweep killed mid-trial left that trial RUNNING: it is closed as failed and its values are tried
+        # again first; it does not count against the budget. Every other ended trial does, a failed one too
+        # (a learning rate that diverges is an outcome of the search, and spent its images).
+        retried = list(opt.user_attrs.get("retried_trials", []))
+        for stale in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            opt.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+            opt.enqueue_trial(dict(stale.params), skip_if_exists=False)
+            retried.append(stale.number)
+        opt.set_user_attr("retried_trials", retried)
+        done = sum(t.state.is_finished() for t in opt.get_trials(deepcopy=False)) - len(retried)
+        if done or orphans:
+            log.info("%s: resuming with %d of %d trials done", study.name, done, study.budget.trials)
+
+        def objective(trial: optuna.Trial) -> float:
+            values = study.space.sample(trial)
+
+            def report(epoch: int, value: float) -> bool:
+                trial.report(value, epoch)
+                return trial.should_prune()
+
+            try:
+                result = run_trial(
+                    study,
+                    values,
+                    trial.number,
+                    tracker=tracker,
+                    workdir=workdir,
+                    parent=parent,
+                    report=report,
+                )
+            except RunStopped as stop:
+                trial.set_user_attr("run_id", stop.run_id)
+                raise optuna.TrialPruned(stop.reason) from None
+            trial.set_user_attr("run_id", result.run_id)
+            return float(result.metrics[OBJECTIVE])
+
+        class _Progress:
+            def __call__(self, _: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                value = "-" if trial.value is None else f"{trial.value:.4f}"
+                log.info("%s: trial %d %s (Dice %s)", study.name, trial.number, _optuna_state(trial), value)
+
+        left = study.budget.trials - done
+        try:
+            if left > 0:
+                opt.optimize(
+                    objective,
+                    n_trials=left,
+                    timeout=study.budget.seconds,
+                    callbacks=[_Progress()],
+                    catch=(
+                        Exception,
+                    ),  # a failed trial is recorded (FAILED run, failed trial); the study goes on
+                    gc_after_trial=True,
+                )
+        except BaseException:
+            tracker.finish(parent, "KILLED")
+            raise
+        result = StudyResult(study, parent, "local", seconds=time.perf_counter() - start)
+        for t in opt.get_trials(deepcopy=False):
+            state = "killed" if t.number in retried else _optuna_state(t)
+            outcome = TrialOutcome(
+                t.number,
+                dict(t.params),
+                state,
+                t.value,
+                t.user_attrs.get("run_id"),
+                len(t.intermediate_values),
+            )
+            result.trials.append(outcome)
+        record_study(tracker, result)
+        return result
 
 
 def _import_optuna() -> None:
