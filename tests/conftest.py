@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from zoo.data.synthetic import write_car_twin, write_em_twin
-from zoo.harness.tracking import default_tracking_uri, open_client, sqlite_path
+from zoo.harness.tracking import default_tracking_uri, open_client, sqlite_path, store_lock
 
 from .helpers import real_data_root, seed_store
 
@@ -82,12 +82,18 @@ def car_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, built once: MLflow creates a new store's tables through its schema
-    migrations, seconds each time, so tests whose subject is not that step start from a copy."""
-    workdir = tmp_path_factory.mktemp("store-template")
+    migrations, seconds each time, so tests whose subject is not that step start from a copy. Under
+    pytest-xdist the workers share one, built by whichever comes first (the others wait on its lock)."""
+    base = tmp_path_factory.getbasetemp()
+    workdir = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "store-template"
     uri = default_tracking_uri(workdir)
-    open_client(uri).search_experiments()  # the store exists once its tables answer
     path = sqlite_path(uri)
-    assert path is not None and path.is_file(), uri
+    assert path is not None, uri
+    with store_lock(workdir / "template"):  # not the store's own lock: opening the store takes that
+        if not (workdir / "ready").exists():
+            open_client(uri).search_experiments()  # the store exists once its tables answer
+            (workdir / "ready").touch()
+    assert path.is_file(), uri
     return path
 
 

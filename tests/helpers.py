@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from zoo.factory import create_model
 from zoo.harness.config import TrainConfig
@@ -31,6 +34,25 @@ TINY_RUN: dict[str, Any] = {
 """A run that takes seconds: unet_bn at width 4, one step of two 64x64 crops per epoch, on a small EM twin."""
 
 
+TINY_SPACE = """
+["tiny"]
+description = "a test space"
+models = ["*"]
+datasets = ["*"]
+
+["tiny".params]
+lr = { low = 1e-4, high = 1e-1, log = true }
+"overrides.dropout" = { choices = [0.0, 0.5] }
+"""
+
+
+def write_space(folder: Path, text: str = TINY_SPACE) -> Path:
+    """A search-space file in ``folder`` (the tiny space by default: the learning rate and dropout)."""
+    path = folder / "spaces.toml"
+    path.write_text(text)
+    return path
+
+
 def tiny_run(**changes: Any) -> TrainConfig:
     """:data:`TINY_RUN` with ``changes``."""
     return TrainConfig.from_dict({**TINY_RUN, **changes})
@@ -53,13 +75,26 @@ class AnySizeModel(SegmentationModel):
         return n if n >= 1 else None
 
 
+_TINY_MODELS: dict[str, SegmentationModel] = {}
+
+
 def tiny_model(name: str, in_channels: int = 1, num_classes: int = 2, **overrides: Any) -> SegmentationModel:
-    """The registered model at its smoke-test size (same structure, fewer channels)."""
-    model = create_model(
-        name, in_channels=in_channels, num_classes=num_classes, **{**get_entry(name).tiny, **overrides}
-    )
-    assert isinstance(model, SegmentationModel)
-    return model
+    """The registered model at its smoke-test size (same structure, fewer channels): a copy of one built
+    once per test session from seed 0 (building an smp encoder's network takes most of a second; copying
+    it a tenth). The caller's random numbers are left as they were."""
+    key = repr((name, in_channels, num_classes, sorted(overrides.items())))
+    if key not in _TINY_MODELS:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = create_model(
+                name,
+                in_channels=in_channels,
+                num_classes=num_classes,
+                **{**get_entry(name).tiny, **overrides},
+            )
+        assert isinstance(model, SegmentationModel)
+        _TINY_MODELS[key] = model
+    return copy.deepcopy(_TINY_MODELS[key])
 
 
 def small_size(model: SegmentationModel, target: int = 64) -> int:

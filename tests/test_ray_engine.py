@@ -3,7 +3,6 @@ trials spread over it, every trial recorded in the one MLflow store the driver n
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,43 +16,35 @@ from zoo.harness.spaces import load_spaces
 from zoo.harness.training import RunResult
 from zoo.harness.tuning import make_studies
 
-from .helpers import tiny_run
+from .helpers import tiny_run, write_space
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("optuna")
 
-SPACE = """
-["tiny"]
-description = "a test space"
-models = ["*"]
-datasets = ["*"]
-
-["tiny".params]
-lr = { low = 1e-4, high = 1e-1, log = true }
-"""
-
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
-    """A Ray head and one worker node, one CPU each, on this machine; yields the head's address."""
+    """A Ray head and one worker node, one CPU each, on this machine; yields the head's address. Its
+    workers run at the tests' priority (Ray's default niceness, 15, starves them on a busy machine)."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        yield cluster.address
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_worker_niceness", "0")
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        try:
+            yield cluster.address
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
 
 
 def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
     two_nodes: str, tmp_path: Path, fresh_store: Callable[[Path], Path]
 ) -> None:
     fresh_store(tmp_path)
-    space = tmp_path / "spaces.toml"
-    space.write_text(textwrap.dedent(SPACE))
+    space = write_space(tmp_path)
     study = make_studies(
         [tiny_run(epochs=2)],
         suite="ray",

@@ -4,11 +4,8 @@ child runs, tuned recipes written and reused, and a killed sweep resumed. Ray: t
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
+import multiprocessing
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,26 +21,9 @@ from zoo.harness.spaces import list_spaces, load_spaces, space_for
 from zoo.harness.training import RunResult, RunStopped
 from zoo.harness.tuning import Budget, Study, make_studies, run_study, run_trial, write_tuned_recipe
 
-from .helpers import seed_store, tiny_run
+from .helpers import TINY_SPACE, seed_store, tiny_run, write_space
 
 optuna = pytest.importorskip("optuna")
-
-SPACE = """
-["tiny"]
-description = "a test space"
-models = ["*"]
-datasets = ["*"]
-
-["tiny".params]
-lr = { low = 1e-4, high = 1e-1, log = true }
-"overrides.dropout" = { choices = [0.0, 0.5] }
-"""
-
-
-def write_space(tmp_path: Path, text: str = SPACE) -> Path:
-    path = tmp_path / "spaces.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def tiny_study(tmp_path: Path, *, trials: int = 2, max_images: int = 4, **changes: Any) -> Study:
@@ -108,7 +88,7 @@ def test_a_space_without_params_or_with_a_misspelt_key_is_refused(tmp_path: Path
 
 
 def test_a_space_value_the_run_cannot_take_is_refused_when_the_study_is_made(tmp_path: Path) -> None:
-    bad_model = SPACE.replace("[0.0, 0.5]", "[0.0, 1.5]")  # dropout must lie in [0, 1)
+    bad_model = TINY_SPACE.replace("[0.0, 0.5]", "[0.0, 1.5]")  # dropout must lie in [0, 1)
     with pytest.raises(ConfigError, match=r"overrides.dropout=1.5 .*dropout=1.5 must be in \[0, 1\)"):
         make_studies(
             [tiny_run()],
@@ -116,7 +96,7 @@ def test_a_space_value_the_run_cannot_take_is_refused_when_the_study_is_made(tmp
             settings={"trials": 1, "max_images": 4},
             space=load_spaces(write_space(tmp_path, bad_model)),
         )
-    bad_range = SPACE.replace(
+    bad_range = TINY_SPACE.replace(
         '"overrides.dropout" = { choices = [0.0, 0.5] }', "momentum = { low = 0.5, high = 1.5 }"
     )
     with pytest.raises(ConfigError, match=r"momentum=1.5 .*must be at least 0 and below 1"):
@@ -338,32 +318,24 @@ def test_tune_on_the_command_line_writes_the_recipe_and_prints_the_study(
 
 
 # -- resume --------------------------------------------------------------------------------------------------
-_KILLED_SWEEP = """
-import sys, time
-from pathlib import Path
-from zoo.harness import Tracker
-from zoo.harness.spaces import load_spaces
-from zoo.harness.training import RunResult
-from zoo.harness.tuning import make_studies, run_study
-from tests.helpers import tiny_run
-import zoo.harness.tuning as tuning
+def _sweep_killed_in_trial_1(tmp: Path) -> None:
+    """In a forked child: a three-trial sweep whose second trial hangs (and is killed there)."""
+    import zoo.harness.tuning as tuning
 
-tmp = Path(sys.argv[1])
-def fake(cfg, *, tracker, parent_run_id, tags, on_epoch, **_):
-    run_id = tracker.start_run("trial", parent_run_id=parent_run_id, tags=tags)
-    if tags["zoo.trial"] == "1":  # the second trial: hangs, and is killed there
-        (tmp / "in-trial-1").write_text(str(cfg.lr))
-        time.sleep(600)
-    on_epoch(0, {"val_dice": cfg.lr})
-    tracker.finish(run_id)
-    return RunResult(run_id, tmp, {"dice": cfg.lr})
-tuning.train = fake
-study = make_studies(
-    [tiny_run(epochs=2)], suite="t", settings={"trials": 3, "max_images": 4, "pruner": "none"},
-    space=load_spaces(tmp / "spaces.toml"),
-)[0]
-run_study(study, tracker=Tracker("tune-kill", workdir=tmp), workdir=tmp)
-"""
+    def hanging(
+        cfg: Any, *, tracker: Tracker, parent_run_id: str, tags: dict[str, str], on_epoch: Any, **_: Any
+    ) -> RunResult:
+        run_id = tracker.start_run("trial", parent_run_id=parent_run_id, tags=tags)
+        if tags["zoo.trial"] == "1":
+            (tmp / "in-trial-1").write_text(str(cfg.lr))
+            time.sleep(600)
+        on_epoch(0, {"val_dice": cfg.lr})
+        tracker.finish(run_id)
+        return RunResult(run_id, tmp, {"dice": cfg.lr})
+
+    tuning.train = hanging  # type: ignore[assignment]  # this process only
+    study = tiny_study(tmp, trials=3, pruner="none")
+    run_study(study, tracker=Tracker("tune-kill", workdir=tmp), workdir=tmp)
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(
@@ -371,23 +343,20 @@ def test_a_killed_sweep_resumes_where_it_stopped(
 ) -> None:
     fresh_store(tmp_path)
     write_space(tmp_path)
-    script = tmp_path / "sweep.py"
-    script.write_text(_KILLED_SWEEP)
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}
-    )
+    # forked, not started afresh, which would spend seconds importing torch and the zoo again
+    proc = multiprocessing.get_context("fork").Process(target=_sweep_killed_in_trial_1, args=(tmp_path,))
+    proc.start()
     marker = tmp_path / "in-trial-1"
     deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert marker.exists(), "the sweep never reached its second trial"
     study = tiny_study(tmp_path, trials=3, pruner="none")
     tracker = Tracker("tune-kill", workdir=tmp_path)
     with pytest.raises(ConfigError, match="being run by another process"):  # not a second sweep beside it
         run_study(study, tracker=tracker, workdir=tmp_path)
-    proc.send_signal(signal.SIGKILL)  # no handler runs: the trial and its run are left RUNNING
-    proc.wait()
+    proc.kill()  # SIGKILL: no handler runs, the trial and its run are left RUNNING
+    proc.join()
     killed_lr = float(marker.read_text())
 
     calls: list[float] = []
