@@ -42,6 +42,7 @@ from zoo.harness.tuning import (
     record_study,
     run_trial,
     study_parent_run,
+    sweeping,
 )
 
 __all__ = ["connect", "run_study_on_ray", "run_suite_on_ray", "trial_resources"]
@@ -191,52 +192,53 @@ def run_study_on_ray(
     study = dataclasses.replace(study, base=_absolute(study.base))
     prepare_synthetic_twins([study.base], str(Path(workdir).resolve()))
     resources = trial_resources(study.base, engine)
-    parent = study_parent_run(tracker, study)
-    end_orphan_trials(tracker, parent)
-    job = _job(tracker, workdir, parent, resources)
-    trainable = tune.with_resources(tune.with_parameters(_study_trial, study=study, job=job), resources)
-    path = Path(workdir).resolve() / "ray" / study.name
-    if tune.Tuner.can_restore(path):
-        log.info("%s: resuming the Ray sweep in %s", study.name, path)
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
-    else:
-        log.info("%s: %s on %s, %s per trial", study.name, study.budget.describe(), where, resources)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(
-                    space=study.space.sample, metric=METRIC, mode="max", sampler=study.make_sampler()
-                ),
-                scheduler=_scheduler(study),
-                num_samples=study.budget.trials,
-                time_budget_s=study.budget.seconds,
-                reuse_actors=True,  # a worker imports torch and the zoo once, not once per trial
-            ),
-            run_config=tune.RunConfig(name=study.name, storage_path=str(path.parent), verbose=0),
-        )
-    try:
-        grid = tuner.fit()
-    except BaseException:
-        tracker.finish(parent, "KILLED")
-        raise
-    # a trial whose worker ended before it could record its end (stopped by the scheduler mid-write)
-    end_orphan_trials(tracker, parent, reason="stopped by the Ray scheduler")
-    result = StudyResult(study, parent, "ray", seconds=time.perf_counter() - start)
-    for number in range(len(grid)):
-        trial = grid[number]
-        metrics = trial.metrics or {}
-        values = {k: v for k, v in (trial.config or {}).items() if k in study.space.keys}
-        if trial.error is not None:
-            state, value = "failed", None
-        elif metrics.get("complete"):
-            state, value = "complete", float(metrics[METRIC])
+    with sweeping(workdir, tracker.experiment, study.name):  # one sweep of a study at a time
+        parent = study_parent_run(tracker, study)
+        end_orphan_trials(tracker, parent)
+        job = _job(tracker, workdir, parent, resources)
+        trainable = tune.with_resources(tune.with_parameters(_study_trial, study=study, job=job), resources)
+        path = Path(workdir).resolve() / "ray" / study.name
+        if tune.Tuner.can_restore(path):
+            log.info("%s: resuming the Ray sweep in %s", study.name, path)
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
         else:
-            state, value = "pruned", None
-        run_id = metrics.get("run_id") if isinstance(metrics.get("run_id"), str) else None
-        epochs = int(metrics.get("training_iteration", 0)) - (1 if state == "complete" else 0)
-        result.trials.append(TrialOutcome(number, values, state, value, run_id, epochs))
-    record_study(tracker, result)
-    return result
+            log.info("%s: %s on %s, %s per trial", study.name, study.budget.describe(), where, resources)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=OptunaSearch(
+                        space=study.space.sample, metric=METRIC, mode="max", sampler=study.make_sampler()
+                    ),
+                    scheduler=_scheduler(study),
+                    num_samples=study.budget.trials,
+                    time_budget_s=study.budget.seconds,
+                    reuse_actors=True,  # a worker imports torch and the zoo once, not once per trial
+                ),
+                run_config=tune.RunConfig(name=study.name, storage_path=str(path.parent), verbose=0),
+            )
+        try:
+            grid = tuner.fit()
+        except BaseException:
+            tracker.finish(parent, "KILLED")
+            raise
+        # a trial whose worker ended before it could record its end (stopped by the scheduler mid-write)
+        end_orphan_trials(tracker, parent, reason="stopped by the Ray scheduler")
+        result = StudyResult(study, parent, "ray", seconds=time.perf_counter() - start)
+        for number in range(len(grid)):
+            trial = grid[number]
+            metrics = trial.metrics or {}
+            values = {k: v for k, v in (trial.config or {}).items() if k in study.space.keys}
+            if trial.error is not None:
+                state, value = "failed", None
+            elif metrics.get("complete"):
+                state, value = "complete", float(metrics[METRIC])
+            else:
+                state, value = "pruned", None
+            run_id = metrics.get("run_id") if isinstance(metrics.get("run_id"), str) else None
+            epochs = int(metrics.get("training_iteration", 0)) - (1 if state == "complete" else 0)
+            result.trials.append(TrialOutcome(number, values, state, value, run_id, epochs))
+        record_study(tracker, result)
+        return result
 
 
 # -- suites -------------------------------------------------------------------------------------------------
