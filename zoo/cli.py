@@ -25,6 +25,7 @@ TUNED_RECIPES = "tuned-recipes.toml"
 """Where ``unet-zoo tune`` writes tuned recipes in the workdir; train, bench and recipes read it."""
 
 if TYPE_CHECKING:
+    from zoo.export import ExportReport
     from zoo.harness.engines import Engine
     from zoo.harness.tracking import Tracker
 
@@ -675,6 +676,72 @@ def _cmd_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.export import ExportCheckError, default_size, export_model
+    from zoo.factory import create_model
+    from zoo.models import SegmentationModel
+
+    if args.weights.lower() == "none":
+        torch.manual_seed(0)  # the same random model on every run
+        in_channels, num_classes = args.in_channels or 1, args.num_classes or 2
+        model = create_model(args.model, in_channels=in_channels, num_classes=num_classes)
+        weights = f"{args.model}.random"
+    else:  # resolved as predict resolves --weights; channels/classes, when given, must fit the weights
+        model = create_model(
+            args.model, weights=args.weights, in_channels=args.in_channels, num_classes=args.num_classes
+        )
+        weights = str(getattr(model, "pretrained_weights", args.weights))
+    if not isinstance(model, SegmentationModel):
+        raise ConfigError(f"{args.model} is not a zoo SegmentationModel; export takes zoo models only")
+    size: tuple[int, int] | None = None
+    origin = ""
+    if args.size:
+        size = (args.size[0], args.size[1])
+    elif not args.dynamic:
+        size, origin = default_size(model)
+    kind = f"{size[0]}x{size[1]}" if size is not None else "dynamic"
+    out = Path(args.out) if args.out else Path(f"{weights}.{kind}.{args.format}")
+    try:
+        report = export_model(
+            model,
+            out,
+            format=args.format,
+            size=size,
+            dynamic=args.dynamic,
+            tolerance=args.tolerance,
+            force=args.force,
+        )
+    except ExportCheckError as err:
+        print(_export_check_line(err.report), file=sys.stderr)
+        print(f"unet-zoo export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{weights} -> {report.path} ({report.format}, {report.detail}, {report.size_bytes / 1e6:.1f} MB)")
+    print(
+        f"input: {report.shape.rule()}"
+        + (f" ({origin})" if origin else "")
+        + f"; the size rule of {args.model}: {model.size_rule()} per side"
+    )
+    print(_export_check_line(report))
+    resize = getattr(getattr(model, "training_scale", None), "resize", None)
+    if resize is not None:
+        print(
+            f"note: {weights} was trained on images resized to {resize[0]}x{resize[1]}; resize inputs the "
+            "same way (as `unet-zoo predict` does) before running the exported graph"
+        )
+    return 0
+
+
+def _export_check_line(report: ExportReport) -> str:
+    runner = "onnxruntime" if report.format == "onnx" else "the loaded ExportedProgram"
+    shapes = ", ".join("x".join(map(str, s)) for s in report.checked)
+    return (
+        f"check: {runner} vs PyTorch on seeded random input(s) {shapes}: largest absolute difference "
+        f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g})"
+    )
+
+
 def _size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as ISBI)")
     p.add_argument("--num-classes", type=int, default=2, help="output classes (default 2)")
@@ -884,6 +951,65 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict.add_parser(sub)
 
+    from zoo.export import DEFAULT_TOLERANCE, FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="a model and its weights as ONNX or a torch.export program, checked against PyTorch",
+        description=(
+            "Export a registered model with its weights to ONNX (the dynamo exporter; needs "
+            "`pip install 'unet-zoo[export]'`) or a torch.export .pt2 program, at a fixed size (batch 1) "
+            "or with dynamic shapes. The size contract decides the shapes: a size the model cannot take "
+            "is refused, naming the nearest it can. The written file is loaded back and run (onnxruntime, "
+            "or the loaded ExportedProgram) next to PyTorch on seeded random inputs; the largest absolute "
+            "difference is printed, and above --tolerance nothing is written and the exit code is 1."
+        ),
+    )
+    p.add_argument("model", help="registered model name, e.g. unet_bn (see `unet-zoo models`)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="TAG|PATH|none",
+        help="a weights tag of the model (isbi2012-w16-s0 or unet_bn.isbi2012-w16-s0) or a .safetensors "
+        "file, as predict takes; none: the randomly initialised model (seed 0; see --in-channels)",
+    )
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="onnx or pt2 (torch.export)")
+    shapes = p.add_mutually_exclusive_group()
+    shapes.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="export for inputs of exactly (1, C, H, W); H and W must be sizes the model takes (the "
+        "paper's unet: 188 + 16k). Default: the weights' training image size, else the model's "
+        "reference size (572 for unet, else 512)",
+    )
+    shapes.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="one graph for any batch and for sides H, W = m + s*k (k >= 0) with s the least common "
+        "multiple of the size contract's period and the model's total stride and m its smallest size "
+        "that torch.export can keep dynamic: unet 188 + 16k, padded U-Nets 32 + 16k, smp models "
+        "64 + 32k (the command prints the rule). An ONNX graph does not check the rule: other sizes give "
+        "wrong outputs or errors",
+    )
+    p.add_argument("--out", default=None, metavar="FILE", help="default: MODEL.TAG.HxW.FORMAT (or .dynamic.)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest accepted absolute difference of the logits (default {DEFAULT_TOLERANCE:g})",
+    )
+    p.add_argument(
+        "--in-channels", type=int, default=None, help="with --weights none: input channels (default 1)"
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="with --weights none: output classes (default 2)"
+    )
+    p.set_defaults(func=_cmd_export)
+
     weights = sub.add_parser("weights", help="pretrained weights: list, download, verify, publish, import")
     wsub = weights.add_subparsers(dest="weights_command", required=True)
     p = wsub.add_parser("list", help="weights in the manifest (shipped + UNET_ZOO_MANIFEST)")
@@ -924,7 +1050,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow"):
+    for noisy in ("alembic", "mlflow", "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))

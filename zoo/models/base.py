@@ -60,6 +60,14 @@ class SegmentationModel(nn.Module):
         """Output length for input length ``n`` along one axis, or None where ``n`` is not accepted."""
         raise NotImplementedError
 
+    @property
+    def total_stride(self) -> int:
+        """Product of the strides between the input and the deepest feature map (``2**depth`` for
+        ``depth`` poolings). Sides on the size contract's grid that are also on a grid of this period
+        pass every down-sampling without rounding, so one traced graph serves all of them: the sizes a
+        dynamic-shape export (:mod:`zoo.export`) accepts."""
+        raise NotImplementedError
+
     def size_rule(self) -> str:
         """The accepted sizes in words, e.g. ``"188 + 16k"``."""
         if self.input_multiple == 1:
@@ -130,7 +138,15 @@ class SegmentationModel(nn.Module):
                 f"got {x.shape[1]} (shape {tuple(x.shape)}); build the model with "
                 f"in_channels={x.shape[1]} or convert the images"
             )
-        self._checked_lengths((int(x.shape[-2]), int(x.shape[-1])))
+        h, w = x.shape[-2], x.shape[-1]
+        if isinstance(h, int) and isinstance(w, int):
+            self._checked_lengths((h, w))
+            return
+        # symbolic sizes (torch.export with dynamic shapes): int() would pin the graph to the example's
+        # size, so the contract is stated to the tracer instead, and the exported graph checks it
+        for n in (h, w):
+            torch._check(n >= self.min_input_size)
+            torch._check((n - self.min_input_size) % self.input_multiple == 0)
 
     # -- gradient checkpointing --------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:

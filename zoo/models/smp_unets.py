@@ -127,6 +127,10 @@ class SmpUNet(SegmentationModel):
     def min_input_size(self) -> int:
         return 2**self.encoder_depth
 
+    @property
+    def total_stride(self) -> int:
+        return 2**self.encoder_depth
+
     def _output_length(self, n: int) -> int | None:
         if n < self.min_input_size or n % self.input_multiple:
             return None

@@ -252,6 +252,10 @@ class UNet(SegmentationModel):
             return 2**self.depth
         return next(n for n in range(1, 4096) if self._output_length(n) is not None)
 
+    @property
+    def total_stride(self) -> int:
+        return 2**self.depth
+
     def _output_length(self, n: int) -> int | None:
         if self.padding_mode == "same":
             return n if n >= 2**self.depth else None
