@@ -3,6 +3,11 @@ trials spread over it, every trial recorded in the one MLflow store the driver n
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,7 @@ from zoo.harness.engines import Engine
 from zoo.harness.ray_engine import run_study_on_ray, run_suite_on_ray
 from zoo.harness.spaces import load_spaces
 from zoo.harness.training import RunResult
-from zoo.harness.tuning import make_studies
+from zoo.harness.tuning import Study, make_studies
 
 from .helpers import tiny_run, write_space
 
@@ -88,3 +93,64 @@ def test_a_suite_runs_as_ray_trials_into_one_store(
     recorded = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'run'")
     assert sorted(r.data.params["cfg.seed"] for r in recorded) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and "dice" in r.data.metrics for r in recorded)
+
+
+_KILLED_RAY_SWEEP = """
+import sys
+from pathlib import Path
+from zoo.harness import Tracker
+from zoo.harness.engines import Engine
+from zoo.harness.ray_engine import run_study_on_ray
+from tests.test_ray_engine import three_trial_study
+
+tmp, address = Path(sys.argv[1]), sys.argv[2]
+run_study_on_ray(three_trial_study(tmp), tracker=Tracker("tune-ray-kill", workdir=tmp), workdir=tmp,
+                 engine=Engine("ray", address))
+"""
+
+
+def three_trial_study(tmp: Path) -> Study:
+    """Three trials of two epochs, no pruning: the sweep a killed driver leaves half done."""
+    return make_studies(
+        [tiny_run(epochs=2)],
+        suite="ray-kill",
+        settings={"trials": 3, "max_images": 8, "pruner": "none"},
+        space=load_spaces(write_space(tmp)),
+    )[0]
+
+
+@pytest.mark.slow
+def test_a_killed_ray_sweep_resumes_where_it_stopped(
+    two_nodes: str, tmp_path: Path, fresh_store: Callable[[Path], Path]
+) -> None:
+    """The driver SIGKILLed once a trial has finished: the same call again restores Ray's experiment,
+    keeps the finished trial, runs the rest, and ends the study's one parent run."""
+    fresh_store(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # state saved each step
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RAY_SWEEP, str(tmp_path), two_nodes], cwd=root, env=env
+    )
+    tracker = Tracker("tune-ray-kill", workdir=tmp_path)
+    deadline = time.monotonic() + 300
+    finished: list[str] = []
+    while not finished:
+        assert driver.poll() is None, "the sweep ended before it was killed"
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(1)
+        trials = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'trial'")
+        finished = [r.info.run_id for r in trials if r.info.status == "FINISHED"]
+    time.sleep(3)  # Ray's experiment state records the trial's end
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+
+    result = run_study_on_ray(
+        three_trial_study(tmp_path), tracker=tracker, workdir=tmp_path, engine=Engine("ray", two_nodes)
+    )
+    assert [t.state for t in result.trials] == ["complete"] * 3
+    assert set(finished) <= {t.run_id for t in result.trials}  # kept, not trained again
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'study'")
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert parents[0].info.status == "FINISHED"
+    runs = tracker.child_runs(result.parent_run_id)
+    assert sum(r.info.status == "FINISHED" for r in runs) == 3  # each trial trained to its end once
