@@ -19,7 +19,9 @@ from zoo.harness.recipes import (
     get_recipe,
     list_recipes,
     load_recipes,
+    recipe_files,
     resolve_recipe,
+    use_recipe_files,
 )
 
 RECIPES = list_recipes()
@@ -101,6 +103,27 @@ def test_a_recipes_file_with_a_typo_names_the_key_and_the_fix(tmp_path: Path) ->
     path.write_text('[mine]\nmodels = ["unet_bn"]\ndataset = "isbi2012"\n')
     with pytest.raises(ValueError, match="lacks description"):
         load_recipes(path)
+
+
+def test_each_command_names_its_own_recipes_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files given before are replaced, not added to (one workdir's study never leaks into the next
+    command), and kept as absolute paths (a later change of folder does not lose them)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "r.toml").write_text(
+            f'[mine-{folder}]\ndescription = "x"\nmodels = ["unet_bn"]\ndataset = "isbi2012"\n'
+        )
+    monkeypatch.chdir(tmp_path)
+    try:
+        use_recipe_files("a/r.toml")
+        monkeypatch.chdir(tmp_path / "b")
+        assert recipe_files() == [tmp_path / "a" / "r.toml"]
+        assert get_recipe("mine-a").models == ("unet_bn",)
+        use_recipe_files("r.toml")
+        assert [r.name for r in list_recipes("mine-*")] == ["mine-b"]
+    finally:
+        use_recipe_files()
+    assert not list_recipes("mine-*")
 
 
 def test_the_cpu_suite_starts_from_its_recipes() -> None:

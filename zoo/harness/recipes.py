@@ -36,6 +36,7 @@ __all__ = [
     "UnknownRecipeError",
     "get_recipe",
     "list_recipes",
+    "recipe_files",
     "resolve_recipe",
     "use_recipe_files",
 ]
@@ -158,13 +159,21 @@ _EXTRA_FILES: list[Path] = []
 
 
 def use_recipe_files(*paths: str | Path) -> None:
-    """Add recipes files (a study's ``tuned-recipes.toml``) to those every lookup reads, after the
-    built-in ones. A tuned recipe in a later file replaces one of the same name (a study run again:
-    logged); any other name defined twice is an error naming both files."""
-    for path in map(Path, paths):
-        if path.resolve() not in (p.resolve() for p in _EXTRA_FILES):
-            _EXTRA_FILES.append(path)
+    """The recipes files (a study's ``tuned-recipes.toml``, a ``--recipes`` file) every lookup reads from
+    now on, after the built-in ones, replacing those given before: each command names its own. A tuned
+    recipe in a later file replaces one of the same name (a study run again: logged); any other name
+    defined twice is an error naming both files."""
+    files: list[Path] = []
+    for path in (Path(p).resolve() for p in paths):  # absolute: a later change of folder keeps them
+        if path not in files:
+            files.append(path)
+    _EXTRA_FILES[:] = files
     _builtin.cache_clear()
+
+
+def recipe_files() -> list[Path]:
+    """The recipes files read beside the built-in ones (:func:`use_recipe_files`)."""
+    return list(_EXTRA_FILES)
 
 
 @cache

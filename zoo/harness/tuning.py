@@ -40,7 +40,7 @@ import tomllib
 from zoo.data.registry import get_dataset
 from zoo.errors import ConfigError, close_names
 from zoo.harness.config import TrainConfig
-from zoo.harness.recipes import get_recipe, use_recipe_files
+from zoo.harness.recipes import get_recipe, recipe_files, use_recipe_files
 from zoo.harness.spaces import SearchSpace, apply, space_for
 from zoo.harness.tracking import Tracker, git_state, open_client, store_lock
 from zoo.harness.training import EpochCallback, RunResult, RunStopped, train
@@ -573,7 +573,7 @@ def write_tuned_recipe(result: StudyResult, path: str | Path, *, tracking_uri: s
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(_TUNED_HEADER + "".join(_toml_table(n, t) for n, t in sorted(existing.items())))
         tmp.replace(path)
-    use_recipe_files(path)
+    use_recipe_files(*recipe_files(), path)
     get_recipe(name)  # read back through the one parser: a file it cannot read is never left behind
     return name
 
