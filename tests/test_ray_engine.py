@@ -76,6 +76,7 @@ def test_a_study_runs_as_ray_trials_on_two_nodes_and_every_trial_reaches_mlflow(
     assert parent.info.status == "FINISHED" and parent.data.tags["engine"] == "ray"
 
 
+@pytest.mark.slow  # two more Ray workers importing torch and the zoo: the study above covers the engine
 def test_a_suite_runs_as_ray_trials_into_one_store(
     two_nodes: str, tmp_path: Path, fresh_store: Callable[[Path], Path]
 ) -> None:

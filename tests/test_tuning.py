@@ -334,7 +334,7 @@ def _sweep_killed_in_trial_1(tmp: Path) -> None:
         return RunResult(run_id, tmp, {"dice": cfg.lr})
 
     tuning.train = hanging  # type: ignore[assignment]  # this process only
-    study = tiny_study(tmp, trials=3, pruner="none")
+    study = tiny_study(tmp, trials=3, pruner="none", sampler="random")
     run_study(study, tracker=Tracker("tune-kill", workdir=tmp), workdir=tmp)
 
 
@@ -351,7 +351,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(
     while not marker.exists() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert marker.exists(), "the sweep never reached its second trial"
-    study = tiny_study(tmp_path, trials=3, pruner="none")
+    study = tiny_study(tmp_path, trials=3, pruner="none", sampler="random")
     tracker = Tracker("tune-kill", workdir=tmp_path)
     with pytest.raises(ConfigError, match="being run by another process"):  # not a second sweep beside it
         run_study(study, tracker=tracker, workdir=tmp_path)
@@ -367,6 +367,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(
     states = [t.state for t in result.trials]
     assert states == ["complete", "killed", "complete", "complete"]
     assert [t.values["lr"] for t in result.trials][1:3] == [killed_lr, killed_lr]
+    # the resumed sampler does not draw the values of the trials before the kill again
+    assert result.trials[3].values["lr"] not in (result.trials[0].values["lr"], killed_lr)
     parents = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same study run, resumed
     orphan = [r for r in tracker.child_runs(result.parent_run_id) if r.data.tags.get("zoo.trial") == "1"]

@@ -136,12 +136,16 @@ class Study:
         cfg = apply(self.base, values)
         return dataclasses.replace(cfg, budget_images=self.budget.max_images, budget_seconds=None)
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded. A resumed study passes the number of trials it already holds: a
+        sampler's random stream is not stored, and the same seed again would draw the first trials'
+        values again; an uninterrupted study (0) draws what every variant's study draws."""
         import optuna
 
+        seed = self.seed + trials_before
         if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(self.startup_trials, 1))
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(self.startup_trials, 1))
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         import optuna
@@ -384,11 +388,11 @@ def run_study(
         opt = optuna.create_study(
             study_name=study.name,
             storage=storage_uri(workdir, tracker.experiment, study.name),
-            sampler=study.make_sampler(),
             pruner=study.make_pruner(),
             direction="maximize",
             load_if_exists=True,
         )
+        opt.sampler = study.make_sampler(trials_before=len(opt.get_trials(deepcopy=False)))
         # A sweep killed mid-trial left that trial RUNNING: it is closed as failed and its values are tried
         # again first; it does not count against the budget. Every other ended trial does, a failed one too
         # (a learning rate that diverges is an outcome of the search, and spent its images).
