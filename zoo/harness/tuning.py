@@ -136,16 +136,23 @@ class Study:
         cfg = apply(self.base, values)
         return dataclasses.replace(cfg, budget_images=self.budget.max_images, budget_seconds=None)
 
-    def make_sampler(self, trials_before: int = 0) -> optuna.samplers.BaseSampler:
-        """The study's sampler, seeded. A resumed study passes the number of trials it already holds: a
-        sampler's random stream is not stored, and the same seed again would draw the first trials'
-        values again; an uninterrupted study (0) draws what every variant's study draws."""
+    def make_sampler(self, drawn: int = 0) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded, its random stream moved past the ``drawn`` trials a resumed study
+        already sampled (Optuna does not store it): a resumed study draws what an uninterrupted one
+        would, so every variant's start-up trials stay the same values (common random numbers), and the
+        first trials' values are not drawn twice."""
         import optuna
 
-        seed = self.seed + trials_before
         if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(self.startup_trials, 1))
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=self.seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(self.startup_trials, 1))
+        if drawn:
+            # the same draws again, in a study of its own with nothing finished (TPE's start-up draws)
+            scratch = optuna.create_study(sampler=sampler, direction="maximize")
+            for _ in range(drawn):
+                self.space.sample(scratch.ask())
+        return sampler
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         import optuna
@@ -392,7 +399,8 @@ def run_study(
             direction="maximize",
             load_if_exists=True,
         )
-        opt.sampler = study.make_sampler(trials_before=len(opt.get_trials(deepcopy=False)))
+        enqueued = [t for t in opt.get_trials(deepcopy=False) if "fixed_params" in t.system_attrs]
+        opt.sampler = study.make_sampler(drawn=len(opt.get_trials(deepcopy=False)) - len(enqueued))
         # A sweep killed mid-trial left that trial RUNNING: it is closed as failed and its values are tried
         # again first; it does not count against the budget. Every other ended trial does, a failed one too
         # (a learning rate that diverges is an outcome of the search, and spent its images).
