@@ -850,7 +850,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("bench", help="run a benchmark suite (default: the main job)")
-    p.add_argument("--suite", default="default", help="suite name in benchmarks/suites or a .toml path")
+    p.add_argument(
+        "--suite",
+        default="default",
+        help="suite name (./benchmarks/suites, then the built-in ones) or a .toml path",
+    )
     p.add_argument("--models", default=None, help="registry pattern, e.g. 'unet*'")
     p.add_argument(
         "--datasets", nargs="+", default=None, help="registered datasets or dataset files (my.toml)"

@@ -1,4 +1,7 @@
-"""Suites: which models x datasets x seeds, with which budgets. Suite files are TOML in benchmarks/suites/.
+"""Suites: which models x datasets x seeds, with which budgets. Suite files are TOML: the built-in ones
+ship inside the package (``zoo/suites/``, package data, so an installed wheel has them); a user's own go in
+``./benchmarks/suites/`` of the folder the command runs in, or anywhere as a ``.toml`` path
+(:func:`find_suite` gives the lookup order).
 
 Format::
 
@@ -76,14 +79,21 @@ __all__ = [
     "load_suite",
     "run_suite",
     "start_suite_run",
+    "suite_dirs",
 ]
 
 log = logging.getLogger(__name__)
 
-SUITE_DIRS = (
-    Path.cwd() / "benchmarks" / "suites",
-    Path(__file__).resolve().parents[2] / "benchmarks" / "suites",
-)
+BUILTIN_SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+"""The suites shipped with the package (``smoke``, ``default``, ``cpu``, ``gpu``, ``tuned-cpu``)."""
+USER_SUITES_DIR = Path("benchmarks") / "suites"
+"""Where a user keeps their own suites, relative to the folder a command runs in."""
+
+
+def suite_dirs() -> tuple[Path, Path]:
+    """The folders :func:`find_suite` searches by name, first to last: the user's (``./benchmarks/suites``
+    of the current folder, read at each call, not at import) and then the built-in ones."""
+    return Path.cwd() / USER_SUITES_DIR, BUILTIN_SUITES_DIR
 
 
 class UnknownSuiteError(ZooError, FileNotFoundError):
@@ -98,21 +108,34 @@ class Suite:
 
 
 def find_suite(name_or_path: str) -> Path:
-    """A suite file by path, or by name in ``./benchmarks/suites`` or the repository's suites folder."""
+    """The suite file for a path or a name.
+
+    Lookup order: ``name_or_path`` itself when it is an existing ``.toml`` file; then ``NAME.toml`` in
+    ``./benchmarks/suites`` of the current folder (a user's own suite, which may shadow a built-in one
+    of the same name); then the built-in suites shipped in the package.
+
+    Raises:
+        UnknownSuiteError: none of these; the message lists the built-in and the user's suites, a close
+            name if there is one, and the folders searched.
+    """
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
         return path
-    for folder in SUITE_DIRS:
+    user_dir, builtin_dir = suite_dirs()
+    for folder in (user_dir, builtin_dir):
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():
             return candidate
-    known = sorted({p.stem for d in SUITE_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    close = difflib.get_close_matches(path.stem, known, n=3)
+    builtin = sorted(p.stem for p in builtin_dir.glob("*.toml"))
+    own = sorted(p.stem for p in user_dir.glob("*.toml")) if user_dir.is_dir() else []
+    close = difflib.get_close_matches(path.stem, sorted({*builtin, *own}), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     where = f"{path}: no such file. " if path.suffix == ".toml" else ""
+    yours = f"; yours: {', '.join(own)}" if own else ""
     raise UnknownSuiteError(
-        f"{where}suite {name_or_path!r} not found.{hint} Known suites: {', '.join(known) or 'none'} "
-        f"(looked in {', '.join(str(d) for d in SUITE_DIRS)}); or pass a .toml path"
+        f"{where}suite {name_or_path!r} not found.{hint} Known suites: built-in "
+        f"{', '.join(builtin) or 'none'}{yours} (looked in {user_dir}, then {builtin_dir}); "
+        f"add your own as ./{USER_SUITES_DIR.as_posix()}/NAME.toml or pass a .toml path"
     )
 
 

@@ -18,7 +18,7 @@ Two engines run the trials; the project writes neither a sampler nor a scheduler
   sampler, Ray's ASHA or median-stopping scheduler, a local Ray or a cluster by address.
 
 A suite file holds a study's settings in its ``[tune]`` table (``trials``, ``max_images``, ``seconds``,
-``sampler``, ``pruner``, ``seed``); ``benchmarks/suites/tuned-cpu.toml`` is the published one.
+``sampler``, ``pruner``, ``seed``); the built-in ``zoo/suites/tuned-cpu.toml`` is the published one.
 """
 
 from __future__ import annotations
