@@ -256,6 +256,7 @@ def test_sync_bn_off_normalises_each_rank_slice_alone(
     assert losses != pytest.approx(batchnorm_reference["loss"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # a second two-rank launch; the launch above kills the run, one-process resume is tested
 def test_killed_sync_bn_torchrun_run_resumes_into_the_same_run_and_matches_one_process(
     launch: Launch, batchnorm_reference: dict[str, object]
 ) -> None:
