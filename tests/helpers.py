@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import shutil
@@ -117,3 +118,18 @@ def seed_store(template: Path, workdir: Path) -> Path:
     assert target is not None and not target.exists(), target
     shutil.copyfile(template, target)
     return workdir
+
+
+def module_level_imports() -> list[tuple[Path, list[str]]]:
+    """Each module of the zoo with the names it imports at module level (what importing it runs; imports
+    inside functions and `if TYPE_CHECKING:` blocks are not among them)."""
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "zoo").rglob("*.py")):
+        names: list[str] = []
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names.append(node.module or "")
+        found.append((path, names))
+    return found

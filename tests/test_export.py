@@ -6,7 +6,6 @@ input of its own and compared with the eager model."""
 
 from __future__ import annotations
 
-import ast
 import copy
 import functools
 import sys
@@ -30,7 +29,7 @@ from zoo.export import (
 from zoo.models import InputSizeError, SegmentationModel
 from zoo.registry import get_entry, list_models
 
-from .helpers import tiny_model
+from .helpers import module_level_imports, tiny_model
 
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
 _SHALLOW_SMP = {"encoder_depth": 3, "decoder_channels": (16, 8, 8)}
@@ -227,16 +226,8 @@ def test_cli_check_failure_exits_1_and_writes_nothing(
 def test_onnx_packages_stay_an_optional_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No module of the zoo imports them at import time; ONNX without them says how to install them,
     before anything is traced."""
-    for path in (Path(__file__).resolve().parents[1] / "zoo").rglob("*.py"):
-        for node in ast.parse(path.read_text()).body:
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            assert not any(n.split(".")[0] in ONNX_MODULES for n in names), f"{path}: {names}"
+    for path, names in module_level_imports():
+        assert not any(n.split(".")[0] in ONNX_MODULES for n in names), f"{path}: {names}"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ExportError, match=r"ONNX export needs .*: pip install 'unet-zoo\[export\]'"):
         export_model(tiny_model("unet_bn"), tmp_path / "m.onnx", format="onnx", size=(16, 16))

@@ -21,7 +21,7 @@ from zoo.harness.spaces import list_spaces, load_spaces, space_for
 from zoo.harness.training import RunResult, RunStopped
 from zoo.harness.tuning import Budget, Study, make_studies, run_study, run_trial, write_tuned_recipe
 
-from .helpers import TINY_SPACE, seed_store, tiny_run, write_space
+from .helpers import TINY_SPACE, module_level_imports, seed_store, tiny_run, write_space
 
 optuna = pytest.importorskip("optuna")
 
@@ -383,19 +383,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(
 def test_optuna_and_ray_stay_optional_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only inside functions (or for type checking), and only in the modules of studies: every other
     command imports without them."""
-    import ast
-
-    for path in (Path(__file__).resolve().parents[1] / "zoo").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are not run
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            assert not any(n.split(".")[0] in ("optuna", "ray") for n in names), f"{path}: {names}"
+    for path, names in module_level_imports():
+        assert not any(n.split(".")[0] in ("optuna", "ray") for n in names), f"{path}: {names}"
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
     from zoo.harness.tuning import _import_optuna
 
