@@ -318,6 +318,51 @@ def test_tune_on_the_command_line_writes_the_recipe_and_prints_the_study(
 
 
 # -- resume --------------------------------------------------------------------------------------------------
+def test_a_resumed_tpe_study_goes_on_past_its_start_up_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
+) -> None:
+    """A study stopped after its start-up trials and run again to a larger budget: its start-up values
+    are not drawn again, and TPE proposes the rest (a resumed TPE sampler once failed every trial)."""
+    fresh_store(tmp_path)
+    calls: list[float] = []
+    monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
+    tracker = Tracker("tune-tpe", workdir=tmp_path)
+    first = tiny_study(tmp_path, trials=2, pruner="none", startup_trials=2)
+    run_study(first, tracker=tracker, workdir=tmp_path)
+    result = run_study(
+        tiny_study(tmp_path, trials=4, pruner="none", startup_trials=2), tracker=tracker, workdir=tmp_path
+    )
+    assert [t.state for t in result.trials] == ["complete"] * 4 and len(calls) == 4
+    assert [dict(t.values) for t in result.trials[:2]] == first.planned_values()
+    assert len(set(calls)) == 4  # no values trained twice
+
+
+def test_a_trial_that_cannot_draw_its_values_stops_the_sweep_and_does_not_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_store: Callable[[Path], Path]
+) -> None:
+    fresh_store(tmp_path)
+    calls: list[float] = []
+    monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
+    tracker = Tracker("tune-broken", workdir=tmp_path)
+    study = tiny_study(tmp_path, trials=3, pruner="none", startup_trials=1)
+    space = type(study.space)
+    draw = space.sample
+
+    def broken(self: Any, trial: Any) -> Any:
+        if trial.number == 1:
+            raise ValueError("the sampler broke")
+        return draw(self, trial)
+
+    monkeypatch.setattr(space, "sample", broken)
+    with pytest.raises(ValueError, match="the sampler broke"):  # not three failed trials in a row
+        run_study(study, tracker=tracker, workdir=tmp_path)
+    assert len(calls) == 1
+    monkeypatch.setattr(space, "sample", draw)
+    result = run_study(study, tracker=tracker, workdir=tmp_path)
+    assert [t.state for t in result.trials] == ["complete", "not run", "complete", "complete"]
+    assert len(calls) == 3
+
+
 def _sweep_killed_in_trial_1(tmp: Path) -> None:
     """In a forked child: a three-trial sweep whose second trial hangs (and is killed there)."""
     import zoo.harness.tuning as tuning
@@ -362,15 +407,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(
     calls: list[float] = []
     monkeypatch.setattr("zoo.harness.tuning.train", _curve_train(calls))
     result = run_study(study, tracker=tracker, workdir=tmp_path)
-    # trial 0 is kept; the killed trial's values run again first; one more fills the budget of three
-    assert len(calls) == 2 and calls[0] == killed_lr
+    # trial 0 is kept; the planned third values and the killed trial's again fill the budget of three
+    assert len(calls) == 2 and killed_lr in calls
     states = [t.state for t in result.trials]
     assert states == ["complete", "killed", "complete", "complete"]
-    assert [t.values["lr"] for t in result.trials][1:3] == [killed_lr, killed_lr]
-    # the resumed sampler draws what an uninterrupted study draws third, not the first values again
-    scratch = optuna.create_study(sampler=study.make_sampler())
-    draws = [study.space.sample(scratch.ask()) for _ in range(3)]
-    assert [result.trials[n].values for n in (0, 1, 3)] == draws
+    assert result.trials[1].values["lr"] == result.trials[3].values["lr"] == killed_lr
+    # the resumed study trains what an uninterrupted one would, not its first values again
+    assert [dict(result.trials[n].values) for n in (0, 1, 2)] == study.planned_values()
     parents = tracker.client.search_runs([tracker.experiment_id], "tags.`zoo.kind` = 'study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same study run, resumed
     orphan = [r for r in tracker.child_runs(result.parent_run_id) if r.data.tags.get("zoo.trial") == "1"]

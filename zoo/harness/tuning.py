@@ -136,23 +136,30 @@ class Study:
         cfg = apply(self.base, values)
         return dataclasses.replace(cfg, budget_images=self.budget.max_images, budget_seconds=None)
 
-    def make_sampler(self, drawn: int = 0) -> optuna.samplers.BaseSampler:
-        """The study's sampler, seeded, its random stream moved past the ``drawn`` trials a resumed study
-        already sampled (Optuna does not store it): a resumed study draws what an uninterrupted one
-        would, so every variant's start-up trials stay the same values (common random numbers), and the
-        first trials' values are not drawn twice."""
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded. Its start-up values come from :meth:`planned_values` instead,
+        queued in the study: Optuna does not store a sampler's random stream, so a resumed study would
+        draw its first values again."""
         import optuna
 
         if self.sampler == "random":
-            sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=self.seed)
-        else:
-            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(self.startup_trials, 1))
-        if drawn:
-            # the same draws again, in a study of its own with nothing finished (TPE's start-up draws)
-            scratch = optuna.create_study(sampler=sampler, direction="maximize")
-            for _ in range(drawn):
-                self.space.sample(scratch.ask())
-        return sampler
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(self.startup_trials, 1))
+
+    def planned_values(self) -> list[dict[str, Any]]:
+        """The values of the trials that do not depend on earlier results, drawn once from the seeded
+        random stream: TPE's start-up trials, or every trial of a random search. The same for every
+        variant (common random numbers), and the same after a resume."""
+        import optuna
+
+        count = self.budget.trials if self.sampler == "random" else max(self.startup_trials, 1)
+        scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        planned = []
+        for _ in range(min(count, self.budget.trials)):
+            trial = scratch.ask()
+            self.space.sample(trial)
+            planned.append(dict(trial.params))  # Optuna's names and values, as enqueue_trial takes them
+        return planned
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         import optuna
@@ -247,9 +254,9 @@ def make_studies(
 # -- what a study returns ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One trial as the study saw it: its values, state ("complete", "pruned", "failed", or "killed": a
-    sweep was killed during it, and it was tried again), its best validation Dice (None unless complete)
-    and its MLflow run."""
+    """One trial as the study saw it: its values, state ("complete", "pruned", "failed"; "not run": its
+    values could not be drawn; "killed": a sweep was killed during it, and it was tried again), its best
+    validation Dice (None unless complete) and its MLflow run."""
 
     number: int
     values: Mapping[str, Any]
@@ -374,7 +381,28 @@ def _optuna_state(trial: optuna.trial.FrozenTrial) -> str:
     import optuna
 
     states = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned"}
+    if trial.state == optuna.trial.TrialState.FAIL and not trial.params:
+        return "not run"  # it failed drawing its values: nothing was trained
     return states.get(trial.state, "failed")
+
+
+class TrialFailed(Exception):
+    """A trial's training failed: an outcome of the search, recorded, and the study goes on. Anything
+    else a trial raises (its sampler failing) stops the sweep rather than spend the budget on it."""
+
+
+def queue_planned_values(opt: optuna.Study, study: Study) -> None:
+    """Queue the :meth:`Study.planned_values` that ``opt`` has not queued yet: all of them in a new
+    study, none again on a resume."""
+    queued = opt.user_attrs.get("planned_queued")
+    if queued is None:  # a study begun before values were planned: its first sampled trials drew them
+        queued = sum(
+            1 for t in opt.get_trials(deepcopy=False) if t.params and "fixed_params" not in t.system_attrs
+        )
+    planned = study.planned_values()
+    for values in planned[queued:]:
+        opt.enqueue_trial(values, skip_if_exists=False)
+    opt.set_user_attr("planned_queued", max(queued, len(planned)))
 
 
 def run_study(
@@ -399,18 +427,21 @@ def run_study(
             direction="maximize",
             load_if_exists=True,
         )
-        enqueued = [t for t in opt.get_trials(deepcopy=False) if "fixed_params" in t.system_attrs]
-        opt.sampler = study.make_sampler(drawn=len(opt.get_trials(deepcopy=False)) - len(enqueued))
+        opt.sampler = study.make_sampler()
+        queue_planned_values(opt, study)
         # A sweep killed mid-trial left that trial RUNNING: it is closed as failed and its values are tried
-        # again first; it does not count against the budget. Every other ended trial does, a failed one too
-        # (a learning rate that diverges is an outcome of the search, and spent its images).
+        # again; it does not count against the budget. Every other trial that trained does, a failed one
+        # too (a learning rate that diverges is an outcome of the search, and spent its images).
         retried = list(opt.user_attrs.get("retried_trials", []))
         for stale in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             opt.tell(stale.number, state=optuna.trial.TrialState.FAIL)
             opt.enqueue_trial(dict(stale.params), skip_if_exists=False)
             retried.append(stale.number)
         opt.set_user_attr("retried_trials", retried)
-        done = sum(t.state.is_finished() for t in opt.get_trials(deepcopy=False)) - len(retried)
+        ended = [
+            t for t in opt.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in retried
+        ]
+        done = sum(_optuna_state(t) != "not run" for t in ended)
         if done or orphans:
             log.info("%s: resuming with %d of %d trials done", study.name, done, study.budget.trials)
 
@@ -434,6 +465,8 @@ def run_study(
             except RunStopped as stop:
                 trial.set_user_attr("run_id", stop.run_id)
                 raise optuna.TrialPruned(stop.reason) from None
+            except Exception as err:  # recorded as a FAILED run by train(); the study goes on
+                raise TrialFailed(f"{type(err).__name__}: {err}") from err
             trial.set_user_attr("run_id", result.run_id)
             return float(result.metrics[OBJECTIVE])
 
@@ -450,9 +483,7 @@ def run_study(
                     n_trials=left,
                     timeout=study.budget.seconds,
                     callbacks=[_Progress()],
-                    catch=(
-                        Exception,
-                    ),  # a failed trial is recorded (FAILED run, failed trial); the study goes on
+                    catch=(TrialFailed,),
                     # no full collection after each trial: its tensors go with their last reference, and a
                     # collection walks the whole heap (torch, MLflow, SQLAlchemy): seconds per trial
                     gc_after_trial=False,
