@@ -73,7 +73,11 @@ def create_model(
             k: v for k, v in (("in_channels", in_channels), ("num_classes", num_classes)) if v is not None
         }
         return entry.fn(**structural, **overrides)
-    if weights is not None and _looks_like_path(weights):
+    if isinstance(weights, str) and weights.startswith(REMOTE_PREFIXES):
+        path = fetch_remote(weights)  # downloaded and verified against its recorded size and sha256
+        state, metadata = read_weights(path)
+        checkpoint = _Checkpoint.from_file(path, metadata, name, in_channels, num_classes, label=weights)
+    elif weights is not None and _looks_like_path(weights):
         path = Path(weights).expanduser()
         state, metadata = read_weights(path)
         checkpoint = _Checkpoint.from_file(path, metadata, name, in_channels, num_classes)
@@ -174,9 +178,12 @@ class _Checkpoint:
         name: str,
         in_channels: int | None,
         num_classes: int | None,
+        *,
+        label: str | None = None,
     ) -> _Checkpoint:
         """A file's checkpoint, from the metadata :func:`zoo.weights.save_weights` wrote; channels and
-        classes the file does not record come from the caller.
+        classes the file does not record come from the caller. ``label`` names it (``pretrained_weights``)
+        where the file came from somewhere with a name of its own (``hf-hub:ORG/REPO``, ``models:/...``).
 
         Raises:
             WeightsMismatchError: the file holds another model's weights.
@@ -203,7 +210,7 @@ class _Checkpoint:
                 f"{path}: the file does not record in_channels/num_classes; pass them to create_model"
             )
         return cls(
-            name=f"{stored}.{path.stem}",
+            name=label or f"{stored}.{path.stem}",
             model=stored,
             model_args=args,
             in_channels=recorded_in,
@@ -225,6 +232,27 @@ def _build(checkpoint: _Checkpoint, state: Mapping[str, torch.Tensor], *, source
     # beside the name, the scale predict brings inputs to (read as predict's scale="auto")
     model.training_scale = checkpoint.training_scale  # type: ignore[assignment]
     return model
+
+
+REMOTE_PREFIXES = ("hf-hub:", "models:/")
+"""Weights that name a place of their own rather than a manifest tag or a file: a Hugging Face Hub
+repository (``hf-hub:ORG/REPO[@REVISION]``) or a version of a model in MLflow's model registry
+(``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
+
+
+def fetch_remote(spec: str) -> Path:
+    """The local, verified ``model.safetensors`` of a :data:`REMOTE_PREFIXES` weights spec.
+
+    Raises:
+        WeightsError: unreachable, missing, or a file that fails its recorded size or sha256.
+    """
+    if spec.startswith("hf-hub:"):
+        from zoo.weights.hf_hub import download
+
+        return download(spec)
+    from zoo.harness.model_registry import download_registered  # MLflow's registry is the harness's store
+
+    return download_registered(spec)
 
 
 def _looks_like_path(weights: str | Path) -> bool:
