@@ -57,6 +57,10 @@ def create_model(
         weights: a tag of ``name`` in the weights manifest (``"isbi2012-w16-s0"`` or
             ``"unet_bn.isbi2012-w16-s0"``; see ``unet-zoo weights list``), or a path to a ``.safetensors``
             file written by unet-zoo; a manifest file is verified (size, sha256) before it is loaded.
+            ``"models:/NAME@ALIAS"`` or ``"models:/NAME/VERSION"``: a version of a model in MLflow's model
+            registry (``unet-zoo register RUN_ID``), looked up in ``MLFLOW_TRACKING_URI``, else
+            ``runs/mlflow.db`` of the current folder; only its weights file is downloaded, and verified
+            against the size and sha256 the version records.
         pretrained: load the model's default weights (same as ``weights`` set to its default tag).
         **overrides: recipe changes such as ``base_channels=32`` or ``norm="group"``; with weights they
             must equal the weights' own arguments.
@@ -250,7 +254,8 @@ def fetch_remote(spec: str) -> Path:
         from zoo.weights.hf_hub import download
 
         return download(spec)
-    from zoo.harness.model_registry import download_registered  # MLflow's registry is the harness's store
+    # in zoo.weights, not the harness (which registers runs): importing zoo.harness imports this module
+    from zoo.weights.mlflow_registry import download_registered
 
     return download_registered(spec)
 

@@ -11,6 +11,8 @@ at once would race ("table ... already exists"), so a ``Tracker`` opens a SQLite
 experiment, holding an exclusive lock on the file ``<db>.lock`` beside it (``fcntl.flock``; where there is
 no ``fcntl`` the lock is skipped and a parallel suite still creates its Tracker before starting workers).
 A file that is not an SQLite database (damaged, or something else) is a :class:`StoreError` naming it.
+The store's URI, that lock and the locked client (:func:`open_client`) are :mod:`zoo.mlflow_store`'s,
+re-exported here: the factory reads MLflow's model registry through them without importing the harness.
 
 Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 - params: the resolved :class:`TrainConfig` (``cfg.<field>``), the split (``split_*``), the model's
@@ -58,25 +60,23 @@ is uploaded, and the run folder keeps the local copy.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from zoo.errors import ZooError
 from zoo.metrics import class_metric_keys
+from zoo.mlflow_store import StoreError, default_tracking_uri, open_client, sqlite_path, store_lock
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
-    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "CLASS_NAMES_PARAM",
@@ -148,89 +148,6 @@ class _QuietLockedRetries(logging.Filter):
 
 
 _QUIET = _QuietLockedRetries()
-
-
-class StoreError(ZooError, RuntimeError):
-    """The MLflow store cannot be used: its file is damaged or not an SQLite database."""
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (SQLAlchemy's form: ``sqlite:///relative`` or
-    ``sqlite:////absolute``), else None (a server, a ``file:`` store, an in-memory database)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").partition("?")[0]
-    return None if path in ("", ":memory:") else Path(url2pathname(path))
-
-
-def open_client(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` on ``uri``, opened under :func:`store_lock` (MLflow creates or migrates a
-    SQLite store's tables as it opens it).
-
-    Raises:
-        StoreError: a SQLite store whose file is damaged or not a database.
-    """
-    from mlflow.tracking import MlflowClient  # imported late: mlflow takes seconds to import
-
-    db = sqlite_path(uri)
-    with store_lock(db):
-        try:
-            return MlflowClient(tracking_uri=uri)
-        except Exception as err:
-            damage = _is_damaged(err)
-            if damage is None:
-                raise
-            raise StoreError(
-                f"{db}: the MLflow store cannot be read ({damage}): the file is damaged or not an SQLite "
-                "database. Move it aside and run again for a fresh store (its runs are lost unless "
-                f"`sqlite3 {db} .recover` saves them), or use another --workdir"
-            ) from err
-
-
-@contextlib.contextmanager
-def store_lock(db: Path | None, *, wait: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on ``<db>.lock`` (a file beside the SQLite store ``db``) for the block: one
-    process at a time creates or migrates the store. No lock for None, nor where ``fcntl`` is missing
-    (not POSIX) or the lock file cannot be made (then MLflow's own error about the store says more).
-    With ``wait=False`` a lock another process holds raises BlockingIOError at once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the suite's own ordering (Tracker before workers) has to do
-        yield
-        return
-    if db is None:
-        yield
-        return
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        log.debug("%s: no lock file beside it (%s); opening the store unlocked", db, err)
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)  # freed when closed or dead
-        yield
-    finally:
-        os.close(fd)
-
-
-def _is_damaged(err: BaseException) -> sqlite3.DatabaseError | None:
-    """The SQLite error behind ``err`` when the file itself is bad ("file is not a database", "database
-    disk image is malformed"); a locked or busy database is an OperationalError, not this."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, sqlite3.DatabaseError) and not isinstance(seen, sqlite3.OperationalError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def default_tracking_uri(workdir: str | Path) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{(Path(workdir).resolve() / 'mlflow.db').as_posix()}"
 
 
 def git_state(cwd: str | Path | None = None) -> dict[str, str]:
