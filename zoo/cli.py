@@ -641,9 +641,12 @@ def _cmd_weights_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_publish(args: argparse.Namespace) -> int:
+    from zoo.harness.model_registry import check_alias
     from zoo.harness.publish import publish_run
     from zoo.harness.tracking import default_tracking_uri
 
+    if args.register:
+        check_alias(args.alias)  # before the file is written
     entry = publish_run(
         args.run_id,
         tracking_uri=default_tracking_uri(args.workdir),
@@ -657,7 +660,27 @@ def _cmd_weights_publish(args: argparse.Namespace) -> int:
     )
     print(f"{entry.name}: {Path(args.out) / entry.file} ({entry.size} bytes, sha256 {entry.sha256})")
     print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.metrics.items()))
+    if args.register:
+        _register(entry.run_id or args.run_id, workdir=args.workdir, name=None, alias=args.alias)
     return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    _register(args.run_id, workdir=args.workdir, name=args.name, alias=args.alias)
+    return 0
+
+
+def _register(run_id: str, *, workdir: str, name: str | None, alias: str) -> None:
+    from zoo.harness.model_registry import register_run
+    from zoo.harness.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(workdir)
+    reg = register_run(run_id, tracking_uri=uri, name=name, alias=alias)
+    how = "new" if reg.created else "the run's existing version"
+    print(f"registered {reg.name} version {reg.version} ({how}) from run {reg.run_id}, alias @{reg.alias}")
+    print(f"weights: {reg.size} bytes, sha256 {reg.sha256}")
+    print(f"load:  {reg.uri}  (this version: {reg.version_uri}; store: {uri})")
+    print(f"serve: MLFLOW_TRACKING_URI={uri} mlflow models serve -m {reg.uri} --env-manager local -p 5000")
 
 
 def _cmd_weights_import(args: argparse.Namespace) -> int:
@@ -1014,6 +1037,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser(
+        "register",
+        help="a finished run's best weights as a version in MLflow's model registry (models:/NAME@ALIAS)",
+        description=(
+            "Register a finished harness run's best weights as a new version of a registered model (default "
+            "name MODEL-DATASET), point an alias at it and tag it with the run's metrics, commit and the "
+            "weights' sha256. Load it with --weights models:/NAME@ALIAS; serve it with `mlflow models serve "
+            "-m models:/NAME@ALIAS --env-manager local`. A run registered already keeps its version: the "
+            "alias moves to it."
+        ),
+    )
+    p.add_argument("run_id", help="MLflow run id (or a unique prefix of at least 8 characters)")
+    p.add_argument(
+        "--name", default=None, help="registered model name (default: MODEL-DATASET, e.g. unet_bn-isbi2012)"
+    )
+    p.add_argument("--alias", default="champion", help="alias moved to the version (default: champion)")
+    p.add_argument(
+        "--workdir", default="runs", help="where the default SQLite store is (or MLFLOW_TRACKING_URI)"
+    )
+    p.set_defaults(func=_cmd_register)
+
     weights = sub.add_parser("weights", help="pretrained weights: list, download, verify, publish, import")
     wsub = weights.add_subparsers(dest="weights_command", required=True)
     p = wsub.add_parser("list", help="weights in the manifest (shipped + UNET_ZOO_MANIFEST)")
@@ -1043,6 +1087,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
     p.add_argument("--workdir", default="runs", help="where the default SQLite store is")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="also register the run in MLflow's model registry (`register`)",
+    )
+    p.add_argument("--alias", default="champion", help="with --register: the alias (default: champion)")
     p.set_defaults(func=_cmd_weights_publish)
     p = wsub.add_parser("import", help="convert a milesial/Pytorch-UNet .pth or an smp folder to a zoo file")
     p.add_argument("source", help="milesial checkpoint file, or smp save_pretrained folder")

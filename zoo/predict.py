@@ -57,6 +57,7 @@ __all__ = [
     "overlay",
     "parse_scale",
     "predict_files",
+    "predict_image",
     "prediction_size",
     "resample_probabilities",
     "run",
@@ -304,6 +305,44 @@ def _predict_page(
         return labels_from_probabilities(full)[0].numpy(), full[0].numpy()
     bands = [labels_from_probabilities(band)[0].numpy() for _, band in _resampled_bands(probs, own)]
     return np.concatenate(bands), None
+
+
+def predict_image(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    scale: Scale = "auto",
+    inferer: TiledInferer | None = None,
+    probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One decoded image predicted as :func:`predict_files` predicts a file's page: brought to ``scale``
+    (:func:`prediction_size`: by default the weights' training scale), predicted whole by overlap-tile
+    inference, and its classes brought back to the image's size.
+
+    Args:
+        image: uint8 ``(H, W, C)``, ``C`` the model's input channels (gray or RGB as 8-bit files decode).
+        inferer: default: predict's for the model's device (:func:`predict_files`); the model runs where
+            it is, and should already be in the inferer's memory format.
+
+    Returns:
+        The class of each pixel, uint8 ``(H, W)``, and with ``probabilities`` the class probabilities,
+        float32 ``(K, H, W)`` (None without).
+
+    Raises:
+        ValueError: an image that is not uint8 ``(H, W, in_channels)``; a bad scale.
+    """
+    channels = model.in_channels
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != channels:
+        kind = "gray" if channels == 1 else f"{channels}-channel"
+        raise ConfigError(
+            f"an image of {image.dtype} {tuple(image.shape)}: {model.model_name or 'the model'} predicts "
+            f"uint8 (H, W, {channels}) images (8-bit {kind} pixels)"
+        )
+    device = next(model.parameters()).device
+    inferer = inferer or TiledInferer(precision=Precision.resolve("auto", device))
+    own = (image.shape[0], image.shape[1])
+    size, _ = prediction_size(own, _checked_scale(scale), getattr(model, "training_scale", None))
+    return _predict_page(model, image, size, probabilities, inferer)
 
 
 def _read_pages(path: Path, in_channels: int) -> np.ndarray:
