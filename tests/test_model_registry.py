@@ -88,7 +88,7 @@ def _reference(spec: str, images: np.ndarray, *, probabilities: bool = False) ->
     model = create_model("unet_bn", weights=spec).to(device)
     inferer = TiledInferer(precision=Precision.resolve("auto", device))
     inferer.precision.model(model)
-    out = []
+    out: list[np.ndarray] = []
     for image in images:
         labels, probs = predict_image(
             model,  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ def _reference(spec: str, images: np.ndarray, *, probabilities: bool = False) ->
             inferer=inferer,
             probabilities=probabilities,
         )
-        out.append(probs if probabilities else labels)
+        out.append(labels if probs is None else probs)
     return np.stack(out)
 
 
@@ -129,7 +129,7 @@ def test_a_run_registers_with_its_metrics_and_loads_back_by_alias_and_version(
     x = torch.rand(1, 1, 48, 64)
     for spec in (reg.uri, reg.version_uri):
         model = create_model("unet_bn", weights=spec).eval()
-        assert model.pretrained_weights == spec  # type: ignore[union-attr]
+        assert model.pretrained_weights == spec
         assert all(torch.equal(v, run_state[k]) for k, v in model.state_dict().items())
         with torch.no_grad():
             assert torch.equal(model(x), from_run(x))

@@ -105,7 +105,7 @@ class SegmentationPyfunc(PythonModel):
         images = np.asarray(model_input)
         if images.ndim != 4:
             raise ConfigError(f"inputs of shape {images.shape}: send images as uint8 (B, C, H, W)")
-        results = []
+        results: list[np.ndarray] = []
         for image in images:
             labels, probabilities = predict_image(
                 self.model,
@@ -114,5 +114,5 @@ class SegmentationPyfunc(PythonModel):
                 inferer=self.inferer,
                 probabilities=output == "probabilities",
             )
-            results.append(probabilities if output == "probabilities" else labels)
+            results.append(labels if probabilities is None else probabilities)
         return np.stack(results)
