@@ -57,6 +57,11 @@ def create_model(
         weights: a tag of ``name`` in the weights manifest (``"isbi2012-w16-s0"`` or
             ``"unet_bn.isbi2012-w16-s0"``; see ``unet-zoo weights list``), or a path to a ``.safetensors``
             file written by unet-zoo; a manifest file is verified (size, sha256) before it is loaded.
+            ``"hf-hub:ORG/REPO"`` or ``"hf-hub:ORG/REPO@REVISION"`` (a branch, tag or commit): a Hugging
+            Face Hub repository published by unet-zoo (``unet-zoo weights publish RUN_ID --push-to-hub
+            ORG/REPO``); its ``config.json`` and ``model.safetensors`` are fetched from one commit into
+            huggingface_hub's cache (``HF_HOME``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_TOKEN``), and the
+            weights are checked against the size and sha256 ``config.json`` records before they are loaded.
             ``"models:/NAME@ALIAS"`` or ``"models:/NAME/VERSION"``: a version of a model in MLflow's model
             registry (``unet-zoo register RUN_ID``), looked up in ``MLFLOW_TRACKING_URI``, else
             ``runs/mlflow.db`` of the current folder; only its weights file is downloaded, and verified

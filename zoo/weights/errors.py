@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from zoo.errors import ZooError
 
-__all__ = ["ChecksumError", "DownloadError", "OfflineError", "WeightsError", "WeightsMismatchError"]
+__all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "OfflineError",
+    "UploadError",
+    "WeightsError",
+    "WeightsMismatchError",
+]
 
 
 class WeightsError(ZooError, RuntimeError):
@@ -12,7 +19,7 @@ class WeightsError(ZooError, RuntimeError):
 
 
 class ChecksumError(WeightsError):
-    """A file's size or sha256 differs from its manifest entry."""
+    """A file's size or sha256 differs from its record (a manifest entry, a Hub repository's config.json)."""
 
 
 class DownloadError(WeightsError):
@@ -21,6 +28,10 @@ class DownloadError(WeightsError):
 
 class OfflineError(WeightsError):
     """The file is not in the cache and downloads are switched off."""
+
+
+class UploadError(WeightsError):
+    """Pushing weights to the Hugging Face Hub failed (no token, no write access, the Hub refused)."""
 
 
 class WeightsMismatchError(ZooError, ValueError):

@@ -8,6 +8,9 @@ A download is abandoned when the connection is silent for ``timeout`` seconds, a
 when the average rate over the last ``UNET_ZOO_RATE_WINDOW`` seconds falls under ``UNET_ZOO_MIN_RATE``
 bytes per second (a server sending a byte now and then never goes silent, and would otherwise hold a
 download forever).
+
+An entry whose source is a Hugging Face Hub repository (``hf-hub:ORG/REPO@REVISION``) is transferred by
+huggingface_hub into its own cache instead (:mod:`zoo.weights.hf_hub`), and checked the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError
+from zoo.weights import hf_hub
 from zoo.weights.errors import ChecksumError, DownloadError, OfflineError, WeightsError
 from zoo.weights.files import CHUNK, file_sha256
 from zoo.weights.manifest import PACKAGED_DIR, WeightsEntry, check_file_name
@@ -40,6 +44,7 @@ __all__ = [
     "RATE_WINDOW_ENV",
     "cache_dir",
     "fetch",
+    "local_copy",
     "verify_file",
 ]
 
@@ -97,11 +102,18 @@ def fetch(
 ) -> Path:
     """The verified local file of ``entry``: the shipped file, the cached one, or a fresh download.
 
+    An entry whose url is ``hf-hub:ORG/REPO@REVISION`` is fetched by huggingface_hub into its own cache
+    (``HF_HOME``; see :mod:`zoo.weights.hf_hub`) and checked against the entry the same way; a mirror,
+    when set, serves it by file name as it serves any other entry. ``cache``, ``timeout`` and the rate
+    floor are this module's transfer's; huggingface_hub has its own (``HF_HUB_DOWNLOAD_TIMEOUT``,
+    ``HF_HUB_ETAG_TIMEOUT``).
+
     Args:
         cache: the cache folder (default :func:`cache_dir`).
         mirror: a URL or local folder holding the files by name, used instead of the entry's URL
             (default ``UNET_ZOO_MIRROR``).
-        offline: never download; a missing file raises :class:`OfflineError` (default ``UNET_ZOO_OFFLINE``).
+        offline: never download; a missing file raises :class:`OfflineError` (default ``UNET_ZOO_OFFLINE``;
+            for an ``hf-hub:`` entry, also ``HF_HUB_OFFLINE``).
         timeout: seconds a connection may stay silent before the download is abandoned.
         min_rate: bytes per second the download must average over ``rate_window`` seconds, or it is
             abandoned; 0 switches this off (default ``UNET_ZOO_MIN_RATE``, else 1024).
@@ -129,6 +141,19 @@ def fetch(
         except ChecksumError as err:
             log.warning("%s; removing it and fetching it again", err)
             target.unlink()
+    mirror = mirror if mirror is not None else os.environ.get("UNET_ZOO_MIRROR") or None
+    if _on_hub(entry) and not mirror:
+        # huggingface_hub's cache and transfer; this project's check (the client would accept any file)
+        return hf_hub.fetch_file(
+            _hub_spec(entry),
+            size=entry.size,
+            sha256=entry.sha256,
+            label=entry.name,
+            recorded_in="its manifest entry",
+            fetch_command=f"unet-zoo weights download {entry.name}",
+            offline=offline,
+            progress=progress,
+        )
     offline = _truthy(os.environ.get("UNET_ZOO_OFFLINE")) if offline is None else offline
     if offline:
         raise OfflineError(
@@ -140,12 +165,32 @@ def fetch(
         _setting(min_rate, "min_rate", MIN_RATE_ENV, DEFAULT_MIN_RATE, positive=False),
         _setting(rate_window, "rate_window", RATE_WINDOW_ENV, DEFAULT_RATE_WINDOW, positive=True),
     )
-    mirror = mirror if mirror is not None else os.environ.get("UNET_ZOO_MIRROR") or None
     source = _source(entry, mirror)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(folder, entry)
     _download(source, target, entry, timeout=timeout, floor=floor, progress=progress)
     return target
+
+
+def local_copy(entry: WeightsEntry, *, cache: str | Path | None = None) -> Path | None:
+    """Where ``entry``'s file already lies on this machine, unverified and without any download: the
+    shipped file, the cached one, or for an ``hf-hub:`` entry the Hugging Face cache's; None if nowhere."""
+    if entry.packaged:
+        path = Path(entry.location or PACKAGED_DIR) / entry.file
+        return path if path.is_file() else None
+    target = _target(Path(cache) if cache is not None else cache_dir(), entry)
+    if target.is_file():
+        return target
+    return hf_hub.cached_file(_hub_spec(entry)) if _on_hub(entry) else None
+
+
+def _on_hub(entry: WeightsEntry) -> bool:
+    return bool(entry.url and entry.url.startswith(hf_hub.HUB_PREFIX))
+
+
+def _hub_spec(entry: WeightsEntry) -> hf_hub.HubSpec:
+    assert entry.url is not None
+    return hf_hub.HubSpec.parse(entry.url, where=f"{entry.name}: url")
 
 
 def _setting(value: float | None, arg: str, env: str, default: float, *, positive: bool) -> float:

@@ -3,7 +3,8 @@
 An entry says what a file is (model name and arguments, channels, classes), what it was trained on
 (dataset and split, the exact validation items), what the harness measured on it (metrics, with the
 dtype and memory format of that evaluation), what it costs (parameters, file size) and where it comes
-from (a file shipped inside the package, or a URL; the suite, run id and git commit that produced it).
+from (a file shipped inside the package, a URL, or a Hugging Face Hub repository at a revision,
+``hf-hub:ORG/REPO@REVISION``; the suite, run id and git commit that produced it).
 Its name is ``MODEL.TAG``, e.g. ``unet_bn.isbi2012-w16-s0``.
 
 The installed manifest is ``zoo/pretrained/manifest.json`` plus the files named by ``UNET_ZOO_MANIFEST``
@@ -24,6 +25,7 @@ from typing import Any
 
 from zoo.weights.errors import WeightsError, WeightsMismatchError
 from zoo.weights.files import TrainingScale
+from zoo.weights.hf_hub import HUB_PREFIX, HubSpec
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -69,6 +71,8 @@ class WeightsEntry:
     size: int
     sha256: str
     url: str | None = None
+    """Where the file is served: ``http(s)://...`` or ``file://...`` (the file itself), or
+    ``hf-hub:ORG/REPO@REVISION`` (the repository's ``model.safetensors`` at that revision)."""
     packaged: bool = False
     suite: str = ""
     run_id: str = ""
@@ -132,8 +136,14 @@ class WeightsEntry:
             raise WeightsError(f"{where}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
         if not self.packaged and not self.url:
             raise WeightsError(f"{where}: neither packaged nor a url; say where the file comes from")
-        if self.url and urllib.parse.urlparse(self.url).scheme not in ("http", "https", "file"):
-            raise WeightsError(f"{where}: url {self.url!r} is not http(s) or file")
+        if self.url and self.url.startswith(HUB_PREFIX):
+            if HubSpec.parse(self.url, where=f"{where}: url").revision is None:
+                raise WeightsError(
+                    f"{where}: url {self.url!r} names no revision; an entry records the one it was published "
+                    "at (hf-hub:ORG/REPO@COMMIT)"
+                )
+        elif self.url and urllib.parse.urlparse(self.url).scheme not in ("http", "https", "file"):
+            raise WeightsError(f"{where}: url {self.url!r} is not http(s), file or hf-hub:ORG/REPO@REVISION")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
