@@ -558,11 +558,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_list(args: argparse.Namespace) -> int:
-    from zoo.weights import cache_dir, list_weights
+    from zoo.weights import list_weights, local_copy
 
     rows = []
     for e in list_weights(args.pattern):
-        where = "packaged" if e.packaged else ("cached" if (cache_dir() / e.file).is_file() else "url")
+        remote = "hf-hub" if (e.url or "").startswith("hf-hub:") else "url"
+        where = "packaged" if e.packaged else ("cached" if local_copy(e) is not None else remote)
         dice = f"{e.metrics['dice']:.4f}" if "dice" in e.metrics else "-"
         cost = e.training
         trained = f"{cost['minutes']:.0f} min, {cost['device']}" if cost else "-"
@@ -592,6 +593,11 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
 
     entries = list_weights() if args.all else []
     for name in args.names:
+        if name.startswith("hf-hub:"):
+            from zoo.weights.hf_hub import download
+
+            print(f"{name}: {download(name, progress=True)} (size, sha256 verified against its config.json)")
+            continue
         model, dot, tag = name.partition(".")
         if not (dot and _NAME.fullmatch(model) and _NAME.fullmatch(tag)):
             raise ConfigError(
@@ -599,8 +605,10 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
                 "(see `unet-zoo weights list`)"
             )
         entries.append(find_weights(model, tag))
-    if not entries:
-        raise ConfigError("name weights to download (MODEL.TAG ...) or pass --all")
+    if not entries and not args.names:
+        raise ConfigError(
+            "name weights to download (MODEL.TAG or hf-hub:ORG/REPO[@REVISION] ...) or pass --all"
+        )
     for e in entries:
         path = fetch(e, mirror=args.mirror, timeout=args.timeout, progress=True)
         print(f"{e.name}: {path} (sha256 verified)")
@@ -609,12 +617,12 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
 
 def _cmd_weights_verify(args: argparse.Namespace) -> int:
     from zoo.harness.publish import DataUnavailableError, reproduce_metrics
-    from zoo.weights import WeightsError, cache_dir, fetch, list_weights, load_manifest
+    from zoo.weights import WeightsError, fetch, list_weights, load_manifest, local_copy
 
     entries = load_manifest([args.manifest]) if args.manifest else list_weights(args.pattern)
     bad = 0
     for e in entries:
-        if not e.packaged and not (cache_dir() / e.file).is_file():
+        if local_copy(e) is None:
             print(f"{e.name}: not downloaded (`unet-zoo weights download {e.name}`)")
             continue
         try:
@@ -657,9 +665,12 @@ def _cmd_weights_publish(args: argparse.Namespace) -> int:
         default=args.default,
         notes=args.notes or "",
         overwrite=args.overwrite,
+        push_to_hub=_hub_target(args),
     )
     print(f"{entry.name}: {Path(args.out) / entry.file} ({entry.size} bytes, sha256 {entry.sha256})")
     print("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.metrics.items()))
+    if args.push_to_hub:
+        _print_pushed(entry, args)
     if args.register:
         _register(entry.run_id or args.run_id, workdir=args.workdir, name=None, alias=args.alias)
     return 0
@@ -681,6 +692,32 @@ def _register(run_id: str, *, workdir: str, name: str | None, alias: str) -> Non
     print(f"weights: {reg.size} bytes, sha256 {reg.sha256}")
     print(f"load:  {reg.uri}  (this version: {reg.version_uri}; store: {uri})")
     print(f"serve: MLFLOW_TRACKING_URI={uri} mlflow models serve -m {reg.uri} --env-manager local -p 5000")
+
+
+def _hub_target(args: argparse.Namespace) -> Any:
+    from zoo.harness.publish import HubTarget
+
+    if not args.push_to_hub:
+        return None
+    return HubTarget(
+        args.push_to_hub,
+        revision=args.revision,
+        private=args.private,
+        commit_message=args.commit_message,
+        license=args.license,
+    )
+
+
+def _print_pushed(entry: Any, args: argparse.Namespace) -> None:
+    from zoo.weights.hf_hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, HubSpec, repo_url
+
+    pinned = HubSpec.parse(entry.url)
+    source = f"hf-hub:{args.push_to_hub}" + (f"@{args.revision}" if args.revision else "")
+    print(
+        f"pushed {CONFIG_FILE}, {WEIGHTS_FILE}, {CARD_FILE} to {repo_url(pinned.repo_id)} "
+        f"(commit {pinned.revision}); the manifest entry's url is {entry.url}"
+    )
+    print(f'load: zoo.create_model("{entry.model}", weights="{source}")  (this commit: {entry.url})')
 
 
 def _cmd_weights_import(args: argparse.Namespace) -> int:
@@ -996,9 +1033,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         required=True,
-        metavar="TAG|PATH|none",
-        help="a weights tag of the model (isbi2012-w16-s0 or unet_bn.isbi2012-w16-s0) or a .safetensors "
-        "file, as predict takes; none: the randomly initialised model (seed 0; see --in-channels)",
+        metavar="TAG|PATH|hf-hub:ORG/REPO|none",
+        help="a weights tag of the model (isbi2012-w16-s0 or unet_bn.isbi2012-w16-s0), a .safetensors "
+        "file, or a Hugging Face Hub repository (hf-hub:ORG/REPO[@REVISION]), as predict takes; none: the "
+        "randomly initialised model (seed 0; see --in-channels)",
     )
     p.add_argument("--format", required=True, choices=list(FORMATS), help="onnx or pt2 (torch.export)")
     shapes = p.add_mutually_exclusive_group()
@@ -1064,7 +1102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell wildcard on MODEL.TAG")
     p.set_defaults(func=_cmd_weights_list)
     p = wsub.add_parser("download", help="fetch weights into the cache (UNET_ZOO_HOME), verified by sha256")
-    p.add_argument("names", nargs="*", metavar="MODEL.TAG")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="MODEL.TAG|hf-hub:ORG/REPO[@REVISION]",
+        help="manifest entries, or Hugging Face Hub repositories (into huggingface_hub's cache, HF_HOME)",
+    )
     p.add_argument("--all", action="store_true", help="every entry of the manifest")
     p.add_argument("--mirror", default=None, help="URL or folder standing in for the source host")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence before giving up")
@@ -1086,6 +1129,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="make it the model's default weights")
     p.add_argument("--notes", default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
+    hub = p.add_argument_group(
+        "Hugging Face Hub",
+        "push the file to a model repository (config.json, model.safetensors, README.md model card); the "
+        "entry's url becomes hf-hub:ORG/REPO@COMMIT. Token: HF_TOKEN or `hf auth login`; HF_ENDPOINT for "
+        "another Hub",
+    )
+    hub.add_argument(
+        "--push-to-hub", default=None, metavar="ORG/REPO", help="the repository (created if absent)"
+    )
+    hub.add_argument(
+        "--revision",
+        default=None,
+        metavar="BRANCH",
+        help="branch to commit to (created if absent; default main)",
+    )
+    hub.add_argument("--private", action="store_true", help="create the repository private")
+    hub.add_argument(
+        "--commit-message", default=None, help="default: Publish MODEL.TAG (DATASET, val dice ...)"
+    )
+    hub.add_argument(
+        "--license",
+        default="other",
+        help="the model card's licence: a Hub licence id (mit, cc-by-4.0 ...) or other (default), the "
+        "training data's terms, which the card quotes",
+    )
     p.add_argument("--workdir", default="runs", help="where the default SQLite store is")
     p.add_argument(
         "--register",

@@ -542,14 +542,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="registered model name, e.g. unet (see `unet-zoo models`); default: the one a .safetensors "
-        "file written by unet-zoo names",
+        help="registered model name, e.g. unet (see `unet-zoo models`); default: the one the weights name "
+        "(a .safetensors file written by unet-zoo, or an hf-hub: repository's)",
     )
     p.add_argument(
         "--weights",
         required=True,
-        metavar="TAG|PATH",
-        help="a weights tag of the model or a .safetensors file",
+        metavar="TAG|PATH|hf-hub:ORG/REPO",
+        help="a weights tag of the model, a .safetensors file, or a Hugging Face Hub repository "
+        "(hf-hub:ORG/REPO[@REVISION]: downloaded into huggingface_hub's cache and checked against the size "
+        "and sha256 its config.json records)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument(
@@ -628,6 +630,10 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta,
         )
         name = args.model
+        if name is None and str(args.weights).startswith("hf-hub:"):
+            from zoo.weights.hf_hub import download
+
+            name = read_metadata(download(args.weights)).get("model_name")  # the cached copy after this
         if name is None:
             if not str(args.weights).endswith(".safetensors"):
                 raise ConfigError(f"--weights {args.weights}: a tag needs --model (the model it is a tag of)")

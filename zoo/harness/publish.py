@@ -2,8 +2,11 @@
 
 :func:`publish_run` reads everything from MLflow (the run's best weights artifact, its parameters, its
 measured metrics, its suite and git commit), writes a safetensors file whose metadata repeat those
-facts, and adds a manifest entry. :func:`reproduce_metrics` rebuilds the model from an entry and
-evaluates it on the exact validation images the entry names, the way the harness measured them.
+facts, and adds a manifest entry; with a :class:`HubTarget` it also pushes the file to a Hugging Face
+Hub repository (:func:`write_hub_folder` lays the repository out from the entry, and
+:func:`zoo.weights.hf_hub.push_folder` commits it) and the entry names that repository as its source.
+:func:`reproduce_metrics` rebuilds the model from an entry and evaluates it on the exact validation
+images the entry names, the way the harness measured them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,13 @@ from typing import Any
 import torch
 
 from zoo.data import DataError, SegmentationDataset
+from zoo.data.cards import CARDS
 from zoo.data.datasets import Selection
 from zoo.data.registry import DatasetEntry, get_dataset
 from zoo.errors import ZooError
 from zoo.factory import load_entry, model_from_state
 from zoo.harness.tracking import quality_keys
+from zoo.registry import get_entry
 from zoo.weights import (
     TrainingScale,
     WeightsEntry,
@@ -31,10 +37,29 @@ from zoo.weights import (
     load_manifest,
     read_weights,
     save_weights,
+    verify_file,
     write_manifest,
 )
+from zoo.weights.hf_hub import (
+    CARD_FILE,
+    CONFIG_FILE,
+    HUB_PREFIX,
+    WEIGHTS_FILE,
+    HubSpec,
+    check_token,
+    hub_config,
+    push_folder,
+)
 
-__all__ = ["DataUnavailableError", "PublishError", "find_run", "publish_run", "reproduce_metrics"]
+__all__ = [
+    "DataUnavailableError",
+    "HubTarget",
+    "PublishError",
+    "find_run",
+    "publish_run",
+    "reproduce_metrics",
+    "write_hub_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +67,23 @@ log = logging.getLogger(__name__)
 class PublishError(ZooError, ValueError):
     """A run that cannot be published: an unknown or ambiguous id, an unfinished or incomplete run, or
     an entry that exists already; the message says which and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HubTarget:
+    """Where :func:`publish_run` pushes a checkpoint: the model repository ``repo_id`` (``ORG/REPO``) on
+    the Hugging Face Hub (``HF_ENDPOINT``), with the token of ``HF_TOKEN`` or ``hf auth login``."""
+
+    repo_id: str
+    revision: str | None = None
+    """The branch to commit to (created from the default branch if absent); None: the default branch."""
+    private: bool = False
+    """Create the repository private (an existing repository keeps its visibility)."""
+    commit_message: str | None = None
+    """Default: ``Publish MODEL.TAG (DATASET, dice ...)``."""
+    license: str = "other"
+    """The model card's licence: a Hub licence id (``mit``, ``cc-by-4.0`` ...), or ``other``, whose
+    terms the card states as the training data's."""
 
 
 def find_run(client: Any, run_id: str) -> Any:
@@ -78,21 +120,35 @@ def publish_run(
     default: bool = False,
     notes: str = "",
     overwrite: bool = False,
+    push_to_hub: HubTarget | None = None,
 ) -> WeightsEntry:
     """Turn a finished harness run's best checkpoint into ``OUT_DIR/MODEL.TAG.safetensors`` and an entry
     in ``manifest`` (default ``OUT_DIR/manifest.json``) with the run's measured metrics.
 
     Args:
         tag: the entry's tag (default ``<dataset>-<suite>-s<seed>``).
-        url_base: where the file will be served (the entry's url is ``url_base/FILE``); without it the
-            entry is ``packaged`` (the file ships inside ``zoo/pretrained``).
+        url_base: where the file will be served (the entry's url is ``url_base/FILE``); without it (and
+            without ``push_to_hub``) the entry is ``packaged`` (the file ships inside ``zoo/pretrained``).
         overwrite: replace an existing entry of the same name.
+        push_to_hub: also push the file to this Hub repository (:func:`write_hub_folder`'s layout); the
+            entry's url is then ``hf-hub:ORG/REPO@COMMIT``, the commit made. The manifest is written only
+            once the push has succeeded.
 
     Raises:
-        PublishError: an unknown, unfinished or incomplete run, or an entry that exists already.
+        PublishError: an unknown, unfinished or incomplete run, an entry that exists already, or both
+            ``url_base`` and ``push_to_hub``.
+        UploadError: no token to push with (checked before anything is written), or the Hub refused.
     """
     from mlflow.tracking import MlflowClient
 
+    if push_to_hub is not None:
+        if url_base is not None:
+            raise PublishError(
+                "give --url-base or --push-to-hub, not both: an entry names one place its file is served from"
+            )
+        branch = f"@{push_to_hub.revision}" if push_to_hub.revision else ""
+        HubSpec.parse(f"{HUB_PREFIX}{push_to_hub.repo_id}{branch}", where="--push-to-hub")
+        check_token()  # before anything is written
     client = MlflowClient(tracking_uri=tracking_uri)
     run = find_run(client, run_id)
     name = run.info.run_name or run.info.run_id
@@ -111,7 +167,8 @@ def publish_run(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(manifest) if manifest is not None else out_dir / "manifest.json"
-    if url_base is None and manifest_path.resolve().parent != out_dir.resolve():
+    packaged = url_base is None and push_to_hub is None
+    if packaged and manifest_path.resolve().parent != out_dir.resolve():
         raise PublishError(
             f"a packaged file lives beside its manifest: put the manifest in {out_dir} or give --url-base"
         )
@@ -188,7 +245,7 @@ def publish_run(
         size=target.stat().st_size,
         sha256=file_sha256(target),
         url=f"{url_base.rstrip('/')}/{file_name}" if url_base else None,
-        packaged=url_base is None,
+        packaged=packaged,
         suite=suite,
         run_id=run.info.run_id,
         git_commit=tags.get("git_commit", ""),
@@ -199,6 +256,8 @@ def publish_run(
         training=_training_cost(client, run),
         extra={"git_dirty": tags.get("git_dirty", "unknown"), "seed": params.get("cfg.seed", "")},
     )
+    if push_to_hub is not None:
+        entry = dataclasses.replace(entry, url=str(_push(entry, target, push_to_hub)))
     entry.check(str(manifest_path))
     kept = [e for e in existing if e.name != entry.name]
     if default:
@@ -209,6 +268,229 @@ def publish_run(
     )
     log.info("published %s (%d bytes, sha256 %s) to %s", entry.name, entry.size, entry.sha256, target)
     return entry
+
+
+def _push(entry: WeightsEntry, weights: Path, hub: HubTarget) -> HubSpec:
+    """Lay out and push ``entry``'s repository; the repository pinned to the commit made."""
+    dice = entry.metrics.get("dice")
+    message = hub.commit_message or (
+        f"Publish {entry.name} ({entry.dataset}" + (f", val dice {dice:.4f})" if dice is not None else ")")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "repo"
+        write_hub_folder(
+            entry, weights, folder, repo_id=hub.repo_id, revision=hub.revision, license=hub.license
+        )
+        return push_folder(
+            folder, hub.repo_id, revision=hub.revision, private=hub.private, commit_message=message
+        )
+
+
+def write_hub_folder(
+    entry: WeightsEntry,
+    weights: str | Path,
+    folder: str | Path,
+    *,
+    repo_id: str,
+    revision: str | None = None,
+    license: str = "other",
+) -> Path:
+    """Write ``entry``'s Hugging Face Hub repository into ``folder`` (created; it must not hold files):
+    ``model.safetensors`` (a copy of ``weights``, checked against the entry first), ``config.json``
+    (:func:`zoo.weights.hf_hub.hub_config`: the model, its classes, its training scale, the file's size and
+    sha256, and the entry's provenance) and ``README.md``, the model card: YAML front matter the Hub
+    reads (library, licence, tags, dataset, metrics with their values) and what was measured on what,
+    how it was trained and what that cost, and how to load it (``repo_id``, at ``revision`` if given).
+    Returns ``folder``.
+
+    Raises:
+        ChecksumError: ``weights`` is not the entry's file.
+        PublishError: ``folder`` already holds files.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise PublishError(f"{folder} is not empty; write a Hub repository into a new folder")
+    verify_file(weights, entry)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, folder / WEIGHTS_FILE)
+    try:
+        data: DatasetEntry | None = _registry_entry(entry)
+    except DataUnavailableError:  # a user's dataset file that is not on this machine
+        data = None
+    class_names = list(data.class_names) if data is not None else None
+    provenance = {
+        "weights": entry.name,
+        **{k: v for k, v in entry.to_dict().items() if k in _PROVENANCE},
+    }
+    config = hub_config(
+        model_name=entry.model,
+        model_args=entry.model_args,
+        in_channels=entry.in_channels,
+        num_classes=entry.num_classes,
+        class_names=class_names,
+        training_scale=entry.training_scale,
+        weights=folder / WEIGHTS_FILE,
+        provenance=provenance,
+    )
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    source = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
+    (folder / CARD_FILE).write_text(_model_card(entry, data, source=source, license=license))
+    return folder
+
+
+_PROVENANCE = (
+    "dataset",
+    "split",
+    "evaluation",
+    "metrics",
+    "params",
+    "recipe",
+    "train_config",
+    "training",
+    "suite",
+    "run_id",
+    "git_commit",
+    "notes",
+    "extra",
+)
+"""The entry's fields that ``config.json`` keeps under ``provenance`` (the rest are its own keys)."""
+
+
+def _model_card(entry: WeightsEntry, data: DatasetEntry | None, *, source: str, license: str) -> str:
+    """The model card: the Hub's YAML front matter, then the facts of the entry in prose and tables."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    model = get_entry(entry.model)
+    about = model.summary.rstrip(".") + (f"; {model.paper}" if model.paper else "")
+    split_name = "validation"
+    dataset_title = data.title if data is not None else entry.dataset
+    data_terms = CARDS[data.card].license if data is not None and data.card in CARDS else ""
+    card_data = ModelCardData(
+        library_name="unet-zoo",
+        license=license,
+        license_name="training-data-terms" if license == "other" else None,
+        tags=["unet-zoo", "image-segmentation", "semantic-segmentation", "u-net", entry.model, model.family],
+        datasets=[entry.dataset],
+        metrics=sorted(entry.metrics),
+        pipeline_tag="image-segmentation",
+        model_name=entry.name,
+        eval_results=[
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type=entry.dataset,
+                dataset_name=dataset_title,
+                dataset_split=split_name,
+                metric_type=key,
+                metric_value=value,
+            )
+            for key, value in entry.metrics.items()
+        ],
+    )
+    split = entry.split
+    cost = entry.training
+    evaluation = entry.evaluation
+    scale = entry.training_scale
+    classes = ", ".join(f"{i}: {n}" for i, n in enumerate(data.class_names)) if data is not None else "-"
+    lines = [
+        "---",
+        card_data.to_yaml(),
+        "---",
+        "",
+        f"# {entry.name}",
+        "",
+        f"`{entry.model}` ({about}) trained on {dataset_title} by unet-zoo's harness, and published from "
+        f"its run `{entry.run_id}`.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import zoo",
+        "",
+        f'model = zoo.create_model("{entry.model}", weights="{source}")',
+        "```",
+        "",
+        "or from the command line:",
+        "",
+        "```",
+        f"unet-zoo predict --model {entry.model} --weights {source} --out masks/ IMAGES...",
+        "```",
+        "",
+        f"Append `@REVISION` (a branch, tag or commit) to pin a revision. unet-zoo checks `{WEIGHTS_FILE}` "
+        f"against the size and sha256 that `{CONFIG_FILE}` records before it loads it.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | `{entry.model}` ({model.family}) |",
+        f"| arguments | `{json.dumps(entry.model_args, sort_keys=True)}` |",
+        f"| input channels | {entry.in_channels} |",
+        f"| classes | {entry.num_classes} ({classes}) |",
+        f"| parameters | {entry.params:,} |",
+        f"| training scale | {_scale_text(scale)} |",
+        "",
+        "## Metrics",
+        "",
+        f"Measured by the harness on the {len(split.get('val_items', []))} {split_name} images named in "
+        f"`{CONFIG_FILE}` (`provenance.split.val_items`): Dice and IoU of the foreground class (the mean "
+        "over classes when there are several), per image and then averaged over the images; an image whose "
+        "prediction and truth are both empty scores 1. Evaluated in "
+        f"{evaluation.get('dtype', 'float32')}"
+        + (", channels-last" if evaluation.get("channels_last") else "")
+        + f", batch {evaluation.get('batch_size', '-')}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {key} | {value:.4f} |" for key, value in entry.metrics.items()),
+        "",
+        "## Dataset and split",
+        "",
+        f"{dataset_title} (`{entry.dataset}`). Split: {split.get('method', '-')} "
+        f"({split.get('detail', '-')}); {split.get('train_size', '-')} training images, "
+        f"{len(split.get('val_items', []))} {split_name} images.",
+        "",
+        "## Training recipe",
+        "",
+        (f"Recipe `{entry.recipe}`, resolved to:" if entry.recipe else "No named recipe; the run's config:"),
+        "",
+        "```json",
+        json.dumps(entry.train_config, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Training cost",
+        "",
+        (
+            f"{cost.get('minutes', '-')} minutes on {cost.get('device', '-')} for {cost.get('epochs', '-')} "
+            f"epochs (best epoch: {cost.get('best_epoch', '-')}; wall time of the whole run, validation "
+            "included)."
+            if cost
+            else "Not recorded."
+        ),
+        "",
+        "## Licence",
+        "",
+        f"Weights: `{license}`"
+        + (" (the training data's terms below apply)." if license == "other" else ".")
+        + (f" Training data ({entry.dataset}): {data_terms}" if data_terms else ""),
+        "",
+        "## Provenance",
+        "",
+        f"Weights `{entry.name}`, run `{entry.run_id}`"
+        + (f" of suite `{entry.suite}`" if entry.suite else "")
+        + f", git commit `{entry.git_commit or '-'}` (uncommitted changes: "
+        f"{entry.extra.get('git_dirty', 'unknown')}), seed {entry.extra.get('seed', '-')}.",
+    ]
+    if entry.notes:
+        lines += ["", entry.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _scale_text(scale: TrainingScale) -> str:
+    if scale.resize is not None:
+        return f"inputs resized to {scale.resize[0]}x{scale.resize[1]} (predict does it)"
+    if scale.image_size is not None:
+        return f"images at their own pixel scale ({scale.image_size[0]}x{scale.image_size[1]} in training)"
+    return "not recorded"
 
 
 def _training_cost(client: Any, run: Any) -> dict[str, Any]:
