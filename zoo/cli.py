@@ -1172,7 +1172,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "onnx_ir", "onnxscript"):
+    for noisy in ("alembic", "httpx", "httpx2", "mlflow", "onnx_ir", "onnxscript"):  # httpx: the Hub client
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
