@@ -762,7 +762,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     elif not args.dynamic:
         size, origin = default_size(model)
     kind = f"{size[0]}x{size[1]}" if size is not None else "dynamic"
-    out = Path(args.out) if args.out else Path(f"{weights}.{kind}.{args.format}")
+    # a file in this folder, whatever the weights' name holds (hf-hub:ORG/REPO, models:/NAME@ALIAS)
+    stem = re.sub(r"[^A-Za-z0-9_.@-]+", "_", weights).strip("_")
+    out = Path(args.out) if args.out else Path(f"{stem}.{kind}.{args.format}")
     try:
         report = export_model(
             model,
@@ -798,7 +800,7 @@ def _export_check_line(report: ExportReport) -> str:
     shapes = ", ".join("x".join(map(str, s)) for s in report.checked)
     return (
         f"check: {runner} vs PyTorch on seeded random input(s) {shapes}: largest absolute difference "
-        f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g})"
+        f"{report.max_abs_diff:.3g} ({report.describe_tolerance()})"
     )
 
 
@@ -1065,7 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help=f"largest accepted absolute difference of the logits (default {DEFAULT_TOLERANCE:g})",
+        help="largest accepted absolute difference of the logits, relative to the largest absolute logit "
+        f"when that is above 1 (default {DEFAULT_TOLERANCE:g})",
     )
     p.add_argument(
         "--in-channels", type=int, default=None, help="with --weights none: input channels (default 1)"

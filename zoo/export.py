@@ -15,7 +15,9 @@ The graph is traced once with :func:`torch.export.export`; a ``.pt2`` file is th
 (:func:`torch.export.save`), an ONNX file its translation by ``torch.onnx.export`` (the dynamo exporter,
 weights inside the file). Before a file is moved into place it is loaded back and run (the loaded
 ``ExportedProgram``, or onnxruntime for ONNX) on seeded random inputs next to the PyTorch model; the
-largest absolute difference of the logits must be within ``tolerance``. A file that fails the check is
+largest absolute difference of the logits must be within ``tolerance`` times the largest absolute logit
+(at least 1): float32 rounding grows with the size of the values summed, and trained weights give
+logits in the tens. A file that fails the check is
 deleted, never left at the target path. Files are written to a temporary name beside the target and
 renamed; an existing file is replaced only with ``force=True``.
 
@@ -128,7 +130,8 @@ class ExportShape:
 @dataclass(frozen=True)
 class ExportReport:
     """What :func:`write_checked` did: the file, its format and shapes, the largest absolute difference
-    of the logits against PyTorch over ``checked`` (input shapes), and the tolerance it was held to."""
+    of the logits against PyTorch over ``checked`` (input shapes), and the tolerance it was held to:
+    ``tolerance`` of ``scale``, PyTorch's largest absolute logit (at least 1)."""
 
     path: Path
     format: str
@@ -139,10 +142,21 @@ class ExportReport:
     size_bytes: int = 0
     seconds: float = 0.0
     detail: str = ""
+    scale: float = 1.0
+
+    @property
+    def allowed(self) -> float:
+        """The largest difference accepted: ``tolerance`` relative to the logits' scale."""
+        return self.tolerance * self.scale
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return self.max_abs_diff <= self.allowed
+
+    def describe_tolerance(self) -> str:
+        if self.scale == 1.0:
+            return f"tolerance {self.tolerance:g}"
+        return f"tolerance {self.tolerance:g} of the largest logit {self.scale:.3g}: {self.allowed:.3g}"
 
 
 def export_shape(
@@ -255,12 +269,14 @@ def write_checked(
             size_bytes=tmp.stat().st_size,
             seconds=time.perf_counter() - start,
             detail=detail,
+            scale=max(1.0, *(float(np.max(np.abs(e), initial=0.0)) for e in expected)),
         )
         if not report.ok:
+            shapes = ", ".join(_shape_text(s) for s in report.checked)
             raise ExportCheckError(
-                f"{path}: the exported {fmt} graph differs from PyTorch by up to {diff:.3g} (tolerance "
-                f"{tolerance:g}) on inputs {', '.join(_shape_text(s) for s in report.checked)}; nothing was "
-                "written. Raise the tolerance if that difference is acceptable",
+                f"{path}: the exported {fmt} graph differs from PyTorch by up to {diff:.3g} "
+                f"({report.describe_tolerance()}) on inputs {shapes}; nothing was written. Raise the "
+                "tolerance if that difference is acceptable",
                 report,
             )
         _move_into_place(tmp, path, force)

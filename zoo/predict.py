@@ -543,15 +543,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default=None,
         help="registered model name, e.g. unet (see `unet-zoo models`); default: the one the weights name "
-        "(a .safetensors file written by unet-zoo, or an hf-hub: repository's)",
+        "(a .safetensors file written by unet-zoo, an hf-hub: repository's, a models:/ version's)",
     )
     p.add_argument(
         "--weights",
         required=True,
-        metavar="TAG|PATH|hf-hub:ORG/REPO",
-        help="a weights tag of the model, a .safetensors file, or a Hugging Face Hub repository "
+        metavar="TAG|PATH|hf-hub:ORG/REPO|models:/NAME@ALIAS",
+        help="a weights tag of the model, a .safetensors file, a Hugging Face Hub repository "
         "(hf-hub:ORG/REPO[@REVISION]: downloaded into huggingface_hub's cache and checked against the size "
-        "and sha256 its config.json records)",
+        "and sha256 its config.json records) or a version in MLflow's model registry (models:/NAME@ALIAS "
+        "or models:/NAME/VERSION, from MLFLOW_TRACKING_URI, else ./runs/mlflow.db; checked against the "
+        "version's size and sha256 tags)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument(
@@ -617,7 +619,7 @@ def run(args: argparse.Namespace) -> int:
     """``unet-zoo predict``: 0 when every input was predicted, 1 when some failed, 2 for a bad model."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from zoo.factory import create_model
+    from zoo.factory import REMOTE_PREFIXES, create_model, fetch_remote
     from zoo.weights import read_metadata
 
     try:
@@ -630,10 +632,9 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta,
         )
         name = args.model
-        if name is None and str(args.weights).startswith("hf-hub:"):
-            from zoo.weights.hf_hub import download
-
-            name = read_metadata(download(args.weights)).get("model_name")  # the cached copy after this
+        if name is None and str(args.weights).startswith(REMOTE_PREFIXES):
+            # the model a Hub repository's or a registered version's file names; the cached copy after this
+            name = read_metadata(fetch_remote(args.weights)).get("model_name")
         if name is None:
             if not str(args.weights).endswith(".safetensors"):
                 raise ConfigError(f"--weights {args.weights}: a tag needs --model (the model it is a tag of)")
