@@ -265,6 +265,21 @@ def test_cli_register_and_publish_register_print_how_to_load_and_serve(
     assert "alias 'v1'" in capsys.readouterr().err
 
 
+def test_cli_predict_takes_a_registered_version_without_model(
+    store: Store, env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model defaults to the model the version's weights name, as for a file or an hf-hub: repository."""
+    from PIL import Image
+
+    reg = register_run(store.runs[0], tracking_uri=store.uri)
+    image = tmp_path / "slice.png"
+    Image.fromarray(_images()[0, 0]).save(image)
+    assert main(["predict", str(image), "--weights", reg.uri, "--out", str(tmp_path / "masks")]) == 0
+    assert "predicted 1 of 1 input(s)" in capsys.readouterr().out
+    mask = np.array(Image.open(tmp_path / "masks" / "slice_mask.png"))
+    assert mask.shape == _images().shape[2:]
+
+
 def test_the_registered_pyfunc_predicts_as_zoo_predict(store: Store, env: Path) -> None:
     import mlflow.pyfunc
 
