@@ -245,8 +245,8 @@ def test_an_input_far_from_the_training_images_size_is_warned_about(
         "outputs at each input's size"
     ) in captured.out
     caplog.clear()
-    # an explicit scale is the user's choice: no warning
-    assert _cli(*argv, "--no-progress", "--scale", "none", str(tmp_path / "in")) == 0
+    # an explicit scale is the user's choice: no warning (--force: the first call's masks are replaced)
+    assert _cli(*argv, "--no-progress", "--force", "--scale", "none", str(tmp_path / "in")) == 0
     assert "warning" not in capsys.readouterr().err and not caplog.records
 
 

@@ -16,7 +16,9 @@ to the output folder, named after the input:
 - ``<stem>_overlay.png`` / ``.tif`` with ``overlays``: the image with each foreground class tinted.
 
 An unreadable input, or one whose outputs would overwrite an input or another input's outputs, is
-reported with its reason and skipped; the others are still predicted.
+reported with its reason and skipped; the others are still predicted. Output files that exist already
+(a mask of the user's named ``<stem>_mask.png``, or an earlier call's) are replaced only with ``force``
+(``--force``): without it they are named and nothing is predicted.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from zoo.data.datasets import resize_image
-from zoo.data.io import DataError, read_image, read_stack, write_image, write_stack
+from zoo.data.io import DataError, read_image, read_pages, write_image, write_stack
 from zoo.errors import ConfigError, ZooError
 from zoo.models.base import SegmentationModel
 from zoo.runtime import Precision, resolve_device
@@ -89,6 +91,7 @@ _SCALE_CHOICES = "auto, none, a size HxW (height x width, e.g. 192x192) or a fac
 # resampled probabilities are turned into labels band by band within about this many bytes, so that a
 # huge input predicted at a smaller scale never holds full-size probabilities (unless they are written)
 _BAND_BYTES = 64 << 20
+_SHOWN_FILES = 5  # files named in an error; the rest are counted
 
 
 @dataclass
@@ -346,22 +349,20 @@ def predict_image(
 
 
 def _read_pages(path: Path, in_channels: int) -> np.ndarray:
-    """``(N, H, W, C)`` uint8: one page for an image, every page of a TIFF stack."""
+    """``(N, H, W, C)`` uint8: one page for an image, every page of a TIFF stack; each decoded as the
+    data loader decodes it (gray or RGB as the model takes, 16-bit scaled), so an RGB TIFF is RGB here too."""
     suffix = path.suffix.lower()
-    if suffix in STACK_SUFFIXES:
-        if in_channels != 1:
-            raise DataError(
-                f"{path}: TIFF stacks are read as gray pages, but the model takes {in_channels} channels; "
-                "save the images as PNG, or use a model with in_channels=1"
-            )
-        return read_stack(path)[..., None]
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix not in IMAGE_SUFFIXES + STACK_SUFFIXES:
         raise DataError(
             f"{path}: {suffix or 'no suffix'} is not a format predict reads; use one of "
             f"{', '.join(IMAGE_SUFFIXES + STACK_SUFFIXES)}"
         )
-    image = read_image(path, mode="L" if in_channels == 1 else "RGB", sixteen_bit="scale")  # as training
-    return (image[..., None] if image.ndim == 2 else image)[None]
+    mode = "L" if in_channels == 1 else "RGB"
+    if suffix in STACK_SUFFIXES:
+        pages = read_pages(path, mode=mode)
+    else:  # the first frame of an animated GIF, as training reads it
+        pages = read_image(path, mode=mode, sixteen_bit="scale")[None]
+    return pages[..., None] if pages.ndim == 3 else pages
 
 
 def _write_float_pages(path: Path, pages: Sequence[np.ndarray]) -> None:
@@ -426,6 +427,29 @@ def _conflict(outputs: dict[str, Path], inputs: set[Path], claimed: dict[Path, P
     return None
 
 
+def _refuse_existing(
+    out: Path, paths: Sequence[Path], inputs: set[Path], *, probabilities: bool, overlays: bool
+) -> None:
+    """Refuse, before anything is predicted, outputs that would replace files this call did not write
+    (a mask the user drew, named like predict's output). Outputs that are inputs are not among them: those
+    inputs are skipped with their reason (:func:`_conflict`)."""
+    found = sorted(
+        {
+            target
+            for path in paths
+            for target in output_paths(path, out, probabilities=probabilities, overlays=overlays).values()
+            if target.exists() and target.resolve() not in inputs
+        }
+    )
+    if found:
+        shown = ", ".join(str(t) for t in found[:_SHOWN_FILES])
+        more = f" and {len(found) - _SHOWN_FILES} more" if len(found) > _SHOWN_FILES else ""
+        raise ConfigError(
+            f"{len(found)} output file(s) exist already and would be replaced: {shown}{more}; nothing was "
+            "predicted: choose another output folder (--out), or replace them with force (--force)"
+        )
+
+
 def predict_files(
     model: SegmentationModel,
     inputs: Sequence[str | Path],
@@ -437,6 +461,7 @@ def predict_files(
     overlays: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[PredictOutcome]:
     """Predict every input file (folders expanded by :func:`collect_inputs`) into ``out_dir``.
 
@@ -453,13 +478,16 @@ def predict_files(
         probabilities, overlays: also write ``<stem>_prob.tif`` / ``<stem>_overlay.*`` (module docstring).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; None keeps the model where it is.
         progress: a progress bar over the files.
+        force: replace output files that exist already; without it, any such file is refused before
+            anything is predicted (it may be a file of the user's, such as a hand-drawn ``<stem>_mask.png``).
 
     Returns:
         One :class:`PredictOutcome` per input, in order. Failures (unreadable files, outputs that would
         overwrite an input or another input's outputs) are logged and returned, never raised.
 
     Raises:
-        ValueError: a model whose input channels or classes predict cannot read or write; a bad scale.
+        ValueError: a model whose input channels or classes predict cannot read or write; a bad scale;
+            outputs that exist already, without ``force`` (nothing is predicted then).
     """
     if model.in_channels not in (1, 3):
         raise ConfigError(
@@ -488,9 +516,11 @@ def predict_files(
                 )
             )
         paths.extend(found)
+    input_set = {p.resolve() for p in paths}
+    if not force:
+        _refuse_existing(out, paths, input_set, probabilities=probabilities, overlays=overlays)
     for outcome in outcomes:
         log.error("%s", outcome.error)
-    input_set = {p.resolve() for p in paths}
     claimed: dict[Path, Path] = {}
     with tqdm(total=len(paths), unit="file", desc="predict", disable=not progress) as bar:
         for path in paths:
@@ -603,6 +633,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also write <stem>_overlay.png/.tif: classes tinted on the image",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output files that exist already (without it, predict names them and predicts nothing)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -616,7 +651,8 @@ def _scale_arg(text: str) -> Scale:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``unet-zoo predict``: 0 when every input was predicted, 1 when some failed, 2 for a bad model."""
+    """``unet-zoo predict``: 0 when every input was predicted, 1 when some failed, 2 for a bad model or
+    outputs that exist already (without ``--force``)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from zoo.factory import REMOTE_PREFIXES, create_model, fetch_remote
@@ -649,18 +685,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"unet-zoo predict: error: {name} is not a zoo SegmentationModel", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    with logging_redirect_tqdm():
-        outcomes = predict_files(
-            model,
-            args.inputs,
-            args.out,
-            scale=args.scale,
-            inferer=inferer,
-            probabilities=args.probabilities,
-            overlays=args.overlays,
-            device=device,
-            progress=not args.no_progress,
-        )
+    try:
+        with logging_redirect_tqdm():
+            outcomes = predict_files(
+                model,
+                args.inputs,
+                args.out,
+                scale=args.scale,
+                inferer=inferer,
+                probabilities=args.probabilities,
+                overlays=args.overlays,
+                device=device,
+                progress=not args.no_progress,
+                force=args.force,
+            )
+    except ZooError as err:  # refused before any input was predicted (outputs that exist already)
+        print(f"unet-zoo predict: error: {err}", file=sys.stderr)
+        return 2
     done = [o for o in outcomes if o.ok]
     failed = [o for o in outcomes if not o.ok]
     pages = sum(o.pages for o in done)

@@ -38,6 +38,7 @@ __all__ = [
     "image_info",
     "max_pixels",
     "read_image",
+    "read_pages",
     "read_stack",
     "write_image",
     "write_stack",
@@ -258,22 +259,7 @@ def read_image(
             opened.load()  # force the full decode now: truncation shows here, not later
             if opened.format == "PNG" and page == 0:
                 _check_png_rows(p)
-            im: Image.Image = opened
-            if im.mode in WIDE_MODES:
-                if sixteen_bit == "reject":
-                    raise DataError(
-                        f"{p}: 16-bit pixels (mode {im.mode}) where 8-bit ones are expected; convert the "
-                        "file to 8-bit"
-                    )
-                wide = _sixteen_bits(p, np.array(im))
-                if sixteen_bit == "keep":
-                    return wide
-                im = Image.fromarray(_eight_bits(wide))
-            if mode is not None:
-                im = im.convert(mode)
-            elif im.mode not in ("L", "P", "RGB", "1"):
-                im = im.convert("RGB")
-            arr = np.array(im)  # a writable copy (torch.from_numpy needs one)
+            return _page_array(p, opened, mode, sixteen_bit)
     except ZooError:
         raise
     except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
@@ -283,10 +269,65 @@ def read_image(
             f"{p}: cannot decode image ({err}); the file is corrupted or truncated: replace it with a good "
             "copy (re-download or re-extract the dataset)"
         ) from err
+
+
+def read_pages(path: str | Path, *, mode: str, sixteen_bit: SixteenBit = "scale") -> np.ndarray:
+    """Every page of a multi-page TIFF (one for other files), each decoded as :func:`read_image` decodes
+    that page with ``mode``: ``(N, H, W)`` uint8 for ``mode="L"``, ``(N, H, W, 3)`` for ``"RGB"``. One
+    decoding for every reader of images: an RGB TIFF is an RGB image to predict and to the data loader
+    alike, and the pages of a gray stack are gray images (copied to three channels for ``"RGB"``, as a
+    gray PNG is).
+
+    Raises:
+        DataError: as :func:`read_image`; pages of different sizes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; check the path or re-download the dataset")
+    pages: list[np.ndarray] = []
+    try:
+        with _open(p) as opened:
+            for page in ImageSequence.Iterator(opened):
+                page.load()
+                if opened.format == "PNG" and not pages:
+                    _check_png_rows(p)
+                pages.append(_page_array(p, page, mode, sixteen_bit))
+    except ZooError:
+        raise
+    except Exception as err:  # Pillow signals corrupt files with many types (OSError, KeyError, TypeError...)
+        if (said := _unreadable(p, err)) is not None:
+            raise said from err
+        raise DataError(
+            f"{p}: cannot decode page {len(pages)} ({err}); the file is corrupted or truncated: replace it "
+            "with a good copy"
+        ) from err
+    shapes = {a.shape for a in pages}
+    if len(shapes) > 1:
+        raise DataError(f"{p}: pages differ in size {sorted(shapes)}; a stack needs equal-sized pages")
+    return np.stack(pages)
+
+
+def _page_array(path: Path, im: Image.Image, mode: str | None, sixteen_bit: SixteenBit) -> np.ndarray:
+    """A decoded page as :func:`read_image` returns it: the one place that decides its mode and depth."""
+    if im.mode in WIDE_MODES:
+        if sixteen_bit == "reject":
+            raise DataError(
+                f"{path}: 16-bit pixels (mode {im.mode}) where 8-bit ones are expected; convert the file "
+                "to 8-bit"
+            )
+        wide = _sixteen_bits(path, np.array(im))
+        if sixteen_bit == "keep":
+            return wide
+        im = Image.fromarray(_eight_bits(wide))
+    if mode is not None:
+        im = im.convert(mode)
+    elif im.mode not in ("L", "P", "RGB", "1"):
+        im = im.convert("RGB")
+    arr = np.array(im)  # a writable copy (torch.from_numpy needs one)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if arr.dtype != np.uint8:
-        raise DataError(f"{p}: expected 8-bit pixels, got {arr.dtype}; convert the image to 8-bit")
+        raise DataError(f"{path}: expected 8-bit pixels, got {arr.dtype}; convert the image to 8-bit")
     return arr
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +32,35 @@ def evaluate(
     With more than two classes, also each foreground class's Dice and IoU, keyed by the dataset's class
     names (``dice_<class>``, ``iou_<class>``: :func:`zoo.metrics.class_metric_keys`).
     ``inferer`` predicts whole images (default: :class:`zoo.tiling.TiledInferer`'s defaults, float32);
-    its ``batch_size`` images are predicted together. The model is left in the mode it was in."""
+    up to its ``batch_size`` images of one size are predicted together (the images may differ in size).
+    The model is left in the mode it was in."""
     inferer = inferer or TiledInferer()
-    batch_size = inferer.batch_size
     chosen = list(indices)[: max_images if max_images is not None else None]
     acc = MetricAccumulator(dataset.num_classes, isbi=isbi, class_names=dataset.class_names)
-    for start in range(0, len(chosen), batch_size):
-        samples = [dataset[i] for i in chosen[start : start + batch_size]]
+    for samples in _same_size_batches(dataset, chosen, inferer.batch_size):
         images = torch.stack([s[0] for s in samples])
         masks = torch.stack([s[1] for s in samples])
         logits = inferer.logits(model, images)
         probs = logits.float().softmax(1) if isbi else None  # the challenge thresholds probabilities
         acc.update(logits.argmax(1), masks, probs=probs)
     return acc.compute()
+
+
+def _same_size_batches(
+    dataset: SegmentationDataset, indices: Sequence[int], batch_size: int
+) -> Iterator[list[tuple[torch.Tensor, ...]]]:
+    """The samples of ``dataset[indices]`` in order, in batches of at most ``batch_size`` that hold images
+    of one size: a batch is one tensor, and a folder of photos mixes sizes. A batch ends early where the
+    size changes; the figures are per image, so how the images are batched changes none of them."""
+    batch: list[tuple[torch.Tensor, ...]] = []
+    for i in indices:
+        sample = dataset[i]
+        if batch and (len(batch) == batch_size or sample[0].shape != batch[0][0].shape):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
 
 
 def save_overlay(path: str | Path, image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> Path:
