@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from zoo.cost import count_flops, count_parameters
+from zoo.errors import ConfigError
 
 # importing zoo.models registers the built-in families with zoo.registry
 from zoo.models import SegmentationModel
-from zoo.registry import accepted_overrides, get_entry
+from zoo.registry import ModelArgumentError, accepted_overrides, get_entry
 from zoo.weights.errors import WeightsError, WeightsMismatchError
 from zoo.weights.files import TrainingScale, read_weights
 from zoo.weights.hub import fetch
@@ -127,29 +128,113 @@ def model_from_state(
 ) -> nn.Module:
     """``name`` built with recorded (fully resolved) arguments and loaded strictly with ``state``.
 
+    Recorded arguments are checked as a user's are (types, sizes), and the tensors' names, shapes and
+    dtypes against a build on the ``meta`` device, before one parameter is allocated: a small file whose
+    metadata claims ``base_channels=10**9`` is refused, not built.
+
     Raises:
-        WeightsMismatchError: arguments this version of the zoo cannot build, or tensors that do not fit.
+        WeightsMismatchError: arguments this version of the zoo cannot build, or tensors that do not fit
+            (missing, extra, of another shape, or of a dtype the model does not hold).
     """
-    # Pass only the arguments that the name lets a user change and that differ from its recipe.
-    with torch.device("meta"):
-        probe = create_model(name, in_channels=in_channels, num_classes=num_classes)
-    accepted = set(accepted_overrides(type(probe)))
-    recipe = _normalise(probe.model_args)
-    stored = _normalise(dict(model_args))
-    fixed_diff = sorted(k for k, v in stored.items() if k not in accepted and recipe.get(k, v) != v)
-    if fixed_diff:
+    model_args = _recorded_arguments(model_args, source)
+    try:
+        with torch.device("meta"):
+            # Pass only the arguments that the name lets a user change and that differ from its recipe.
+            probe = create_model(name, in_channels=in_channels, num_classes=num_classes)
+            accepted = set(accepted_overrides(type(probe)))
+            recipe = _normalise(probe.model_args)
+            stored = _normalise(dict(model_args))
+            fixed_diff = sorted(k for k, v in stored.items() if k not in accepted and recipe.get(k, v) != v)
+            if fixed_diff:
+                raise WeightsMismatchError(
+                    f"{source}: recorded arguments {fixed_diff} differ from what {name!r} fixes in this "
+                    "version of unet-zoo; the weights belong to an incompatible model definition"
+                )
+            build = {k: model_args[k] for k in stored if k in accepted and recipe.get(k) != stored[k]}
+            shaped = create_model(name, in_channels=in_channels, num_classes=num_classes, **build)
+    except (ConfigError, ModelArgumentError) as err:
         raise WeightsMismatchError(
-            f"{source}: recorded arguments {fixed_diff} differ from what {name!r} fixes in this "
-            "version of unet-zoo; the weights belong to an incompatible model definition"
-        )
-    build = {k: model_args[k] for k in stored if k in accepted and recipe.get(k) != stored[k]}
+            f"{source}: the recorded model arguments cannot be built ({err}); the file's metadata is "
+            "damaged or was not written by unet-zoo: export the weights again"
+        ) from None
+    shaped.to("meta")  # a few builders (smp's channel adaptation) create tensors on the CPU explicitly
+    _check_tensors(shaped.state_dict(), state, name, model_args, source)
     model = create_model(name, in_channels=in_channels, num_classes=num_classes, **build)
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as err:
-        args = ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()))
-        raise WeightsMismatchError(f"{source}: the tensors do not fit {name} with {args}: {err}") from None
+        raise WeightsMismatchError(
+            f"{source}: the tensors do not fit {_described(name, model_args)}: {err}"
+        ) from None
     return model
+
+
+STORED_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+"""Dtypes a floating-point tensor may be stored in (``save_weights(..., dtype=torch.float16)`` halves a
+file): loading upcasts float16 and bfloat16 exactly. Others are refused rather than cast: float64 was not
+written by unet-zoo, and an integer tensor in place of a float parameter is quantised or damaged."""
+
+
+def _check_tensors(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    name: str,
+    model_args: Mapping[str, Any],
+    source: str,
+) -> None:
+    """``state`` has ``expected``'s names and shapes, and dtypes the model holds (or upcasts exactly)."""
+    problems = []
+    for label, keys in (
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} {label} tensor(s) ({_first(keys)})")
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(t.shape)} in the model"
+        for k, t in expected.items()
+        if k in state and state[k].shape != t.shape
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} of another shape ({_first(shapes)})")
+    if problems:
+        raise WeightsMismatchError(
+            f"{source}: the tensors do not fit {_described(name, model_args)}: {'; '.join(problems)}"
+        )
+    for key, want in expected.items():
+        got = state[key].dtype
+        upcast = want.dtype.is_floating_point and got in STORED_FLOATS and got.itemsize <= want.dtype.itemsize
+        if got != want.dtype and not upcast:
+            kinds = ", ".join(
+                str(d).removeprefix("torch.") for d in STORED_FLOATS if d.itemsize <= want.dtype.itemsize
+            )
+            allowed = kinds if want.dtype.is_floating_point else str(want.dtype).removeprefix("torch.")
+            raise WeightsMismatchError(
+                f"{source}: tensor {key!r} is stored as {str(got).removeprefix('torch.')}, but {name} holds "
+                f"{str(want.dtype).removeprefix('torch.')} there (a file may store {allowed}); unet-zoo does "
+                "not cast it. Save the weights again from the model (zoo.weights.save_weights, dtype=None "
+                "or torch.float16)"
+            )
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    more = f", and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _described(name: str, model_args: Mapping[str, Any]) -> str:
+    return f"{name} with " + ", ".join(f"{k}={v!r}" for k, v in sorted(model_args.items()))
+
+
+def _recorded_arguments(model_args: object, source: str) -> dict[str, Any]:
+    """Recorded model arguments as a dict, or the error that says they are not a table of them."""
+    if not isinstance(model_args, Mapping) or not all(isinstance(k, str) for k in model_args):
+        raise WeightsError(
+            f"{source}: malformed metadata: model_args={model_args!r} is not a table of model arguments "
+            '(e.g. {"base_channels": 16}); the file was not written by unet-zoo or is damaged: export it '
+            "again"
+        )
+    return dict(model_args)
 
 
 # -- weights into a model ------------------------------------------------------------------------------
@@ -209,7 +294,7 @@ class _Checkpoint:
                 f"{path} holds weights for model {stored!r}, not {name!r}; use create_model({stored!r}, ...)"
             )
         try:
-            args = json.loads(metadata.get("model_args", "{}"))
+            args = _recorded_arguments(json.loads(metadata.get("model_args", "{}")), str(path))
             recorded_in = int(metadata["in_channels"]) if "in_channels" in metadata else in_channels
             recorded_classes = int(metadata["num_classes"]) if "num_classes" in metadata else num_classes
         except ValueError as err:

@@ -17,9 +17,12 @@ file, so that the model files can import it.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import fnmatch
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
@@ -54,8 +57,9 @@ class UnknownModelError(ZooError, KeyError):
 
 
 class ModelArgumentError(ZooError, TypeError):
-    """A missing ``in_channels``/``num_classes`` or an override the model does not take. Subclasses
-    TypeError, what Python raises for a bad keyword argument."""
+    """A missing ``in_channels``/``num_classes``, an override the model does not take, or an argument of
+    the wrong type (``attention="False"``). Subclasses TypeError, what Python raises for a bad keyword
+    argument."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,9 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
 
     Raises:
         ModelArgumentError: a missing ``in_channels``/``num_classes`` or an unknown override, listing what
-            is accepted (a TypeError).
+            is accepted, or an argument whose type is not the one ``cls.__init__`` declares (a TypeError).
+        ConfigError: a size argument outside ``cls.arg_ranges``, or sizes too large together (a
+            ValueError); both are checked before anything is built or allocated.
     """
     accepted = accepted_overrides(cls)
     missing = [k for k in _STRUCTURAL if k not in kwargs]
@@ -195,6 +201,8 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
             f"Accepted overrides: {', '.join(accepted)}"
         )
     args = {**recipe, **kwargs}
+    _check_types(cls, name, args)
+    _check_sizes(cls, name, args)
     model = cls(**args)
     # The fully resolved arguments (defaults included) travel with the model: checkpoints and run
     # records must rebuild it exactly even if a default changes later.
@@ -203,3 +211,84 @@ def build_model(cls: type[M], name: str, recipe: Mapping[str, Any], kwargs: Mapp
     model.model_name = name  # type: ignore[assignment]
     model.model_args = {k: v for k, v in bound.arguments.items() if k not in _STRUCTURAL}  # type: ignore[assignment]
     return model
+
+
+def _check_types(cls: type[nn.Module], name: str, args: Mapping[str, Any]) -> None:
+    """Each argument has the type ``cls.__init__`` declares: ``attention="False"`` (a CLI string) would
+    otherwise be truthy and build the gates, and ``base_channels=1e9`` would fail deep inside torch."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except NameError:  # an annotation its own module cannot resolve: such a class checks its arguments
+        hints = {}
+    for key, value in args.items():
+        hint = hints.get(key)
+        if hint is not None and not _has_type(value, hint):
+            wanted = _describe(hint)
+            fix = " (true or false on the command line)" if "a boolean" in wanted else ""
+            raise ModelArgumentError(
+                f"{name}: {key}={value!r} is {type(value).__name__}, expected {wanted}{fix}; "
+                f"e.g. {key}={_example(cls, key)!r}"
+            )
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # True is an int to Python, never a width or a count to a user
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (collections.abc.Sequence, list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, list | tuple) and all(_has_type(v, item) for v in value)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a hint this check does not model: the class checks it
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin in (collections.abc.Sequence, list, tuple):
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    names = {bool: "a boolean", int: "a whole number", float: "a number", str: "a string"}
+    if hint is type(None):
+        return "None"
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def _example(cls: type[nn.Module], key: str) -> Any:
+    default = inspect.signature(cls).parameters[key].default
+    if default is inspect.Parameter.empty:
+        return 1
+    return list(default) if isinstance(default, tuple) else default
+
+
+def _check_sizes(cls: type[nn.Module], name: str, args: Mapping[str, Any]) -> None:
+    """Widths, depths, channels and classes lie in ``cls.arg_ranges`` (each entry of a list of widths),
+    and ``cls.size_problem`` finds nothing too large together: a hostile ``base_channels`` asks for tens
+    of GB, which is refused here, before one parameter is allocated."""
+    for key, (low, high) in getattr(cls, "arg_ranges", {}).items():
+        value = args.get(key)
+        values = value if isinstance(value, list | tuple) else [value]
+        bad = [v for v in values if v is not None and not low <= v <= high]
+        if bad:
+            shown = f"{key}={value!r}"
+            if isinstance(value, list | tuple):
+                shown += f" (entry {bad[0]!r})"
+            param = inspect.signature(cls).parameters.get(key)
+            has_default = param is not None and param.default is not inspect.Parameter.empty
+            hint = f" (default {_example(cls, key)!r})" if has_default else ""
+            raise ConfigError(f"{name}: {shown} is out of range; use {low} to {high}{hint}")
+    size_problem = getattr(cls, "size_problem", None)
+    problem = size_problem(args) if size_problem is not None else None
+    if problem:
+        raise ConfigError(f"{name}: {problem}")

@@ -8,8 +8,8 @@ everything else (``output_size``, the nearest valid size, the error message) der
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,16 @@ class SegmentationModel(nn.Module):
     grad_checkpointing: bool = False
     model_name: str = ""
     model_args: dict[str, Any]
+
+    arg_ranges: ClassVar[Mapping[str, tuple[int, int]]] = {"in_channels": (1, 1024), "num_classes": (1, 1024)}
+    """Inclusive bounds of the size arguments (widths, depths, channels; each entry of a list of widths),
+    which :func:`zoo.registry.build_model` checks before anything is built or allocated."""
+
+    @classmethod
+    def size_problem(cls, args: Mapping[str, Any]) -> str | None:
+        """What makes ``args`` (each of the declared type and in :attr:`arg_ranges`) too large together,
+        with the fix, or None; :func:`zoo.registry.build_model` refuses the model when there is one."""
+        return None
 
     def __init__(self) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ to do instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import segmentation_models_pytorch as smp
@@ -60,6 +60,12 @@ class SmpUNet(SegmentationModel):
 
     # Parameters a registered name fixes; they are not user overrides of that name.
     fixed_args: ClassVar[tuple[str, ...]] = ("architecture", "encoder_name")
+    # checked by zoo.registry.build_model, before smp builds anything
+    arg_ranges: ClassVar[Mapping[str, tuple[int, int]]] = {
+        **SegmentationModel.arg_ranges,
+        "encoder_depth": (3, 5),
+        "decoder_channels": (1, 1024),
+    }
 
     def __init__(
         self,
@@ -77,8 +83,6 @@ class SmpUNet(SegmentationModel):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
-        if not 3 <= encoder_depth <= 5:
-            raise ConfigError(f"encoder_depth={encoder_depth} is out of range; use 3, 4 or 5")
         if len(decoder_channels) != encoder_depth:
             raise ConfigError(
                 f"decoder_channels={tuple(decoder_channels)} needs one entry per encoder stage "

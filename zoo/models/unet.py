@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +181,30 @@ class UNet(SegmentationModel):
             authors' Caffe model); 0 disables it.
         init: "paper" (Gaussian, std sqrt(2/N), N the inputs of one output unit; biases 0) or "torch".
         grad_checkpointing: recompute each block's activations in the backward pass.
+
+    Types and sizes are checked by :func:`zoo.registry.build_model` before anything is built: the
+    ranges of :attr:`arg_ranges`, and a widest level of at most :attr:`MAX_WIDTH` channels.
     """
+
+    arg_ranges: ClassVar[Mapping[str, tuple[int, int]]] = {
+        **SegmentationModel.arg_ranges,
+        "base_channels": (2, 256),
+        "depth": (1, 6),
+    }
+    MAX_WIDTH: ClassVar[int] = 4096
+    """Most channels of the widest level, ``base_channels * 2**depth`` (the paper's 1024 times four): at
+    twice that, one 3x3 convolution alone holds 600M parameters (2.4 GB)."""
+
+    @classmethod
+    def size_problem(cls, args: Mapping[str, Any]) -> str | None:
+        base, depth = args.get("base_channels", 64), args.get("depth", 4)
+        if base * 2**depth <= cls.MAX_WIDTH:
+            return None
+        return (
+            f"base_channels={base} with depth={depth} makes a widest level of {base * 2**depth} channels; "
+            f"keep base_channels * 2**depth at most {cls.MAX_WIDTH} (base_channels <= "
+            f"{cls.MAX_WIDTH // 2**depth} at depth {depth})"
+        )
 
     def __init__(
         self,
@@ -197,16 +222,8 @@ class UNet(SegmentationModel):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if not 1 <= depth <= 6:
-            raise ConfigError(f"depth={depth} is out of range; use 1 to 6 (the paper uses 4)")
-        if base_channels < 2:
-            raise ConfigError(
-                f"base_channels={base_channels} is too small; use at least 2 (the paper uses 64)"
-            )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout={dropout} must be in [0, 1)")
-        if in_channels < 1 or num_classes < 1:
-            raise ConfigError(f"in_channels={in_channels} and num_classes={num_classes} must be >= 1")
         norm_kind = _choice("norm", norm or "none", NORMS)
         self.padding_mode = _choice("padding", padding, PADDINGS)
         up_kind = _choice("up_mode", up_mode, UP_MODES)
