@@ -73,7 +73,7 @@ def _synthetic_root(entry: DatasetEntry, settings: dict[str, int], workdir: Path
         tmp = _temp_beside(root)  # mkdir: the umask's mode, shared or not
         tmp.mkdir()
         twin.write(tmp, count=count, size=size, seed=seed)
-        (tmp / ".complete").write_text("ok\n")
+        (tmp / ".complete").write_text("ok\n", encoding="utf-8")
         if root.is_dir() and not done.is_file():  # left by an older version cut short
             # renamed away first (atomic: one process wins), so no one deletes a twin another just placed
             trash = _temp_beside(root)

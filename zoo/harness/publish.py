@@ -178,7 +178,9 @@ def publish_run(
         local = client.download_artifacts(run.info.run_id, "weights/best.safetensors", tmp)
         state, meta = read_weights(local)
         cfg = json.loads(
-            Path(client.download_artifacts(run.info.run_id, "config/config.json", tmp)).read_text()
+            Path(client.download_artifacts(run.info.run_id, "config/config.json", tmp)).read_text(
+                encoding="utf-8"
+            )
         )
     model_name = meta["model_name"]
     model_args = json.loads(meta["model_args"])
@@ -332,9 +334,11 @@ def write_hub_folder(
         weights=folder / WEIGHTS_FILE,
         provenance=provenance,
     )
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
-    (folder / CARD_FILE).write_text(_model_card(entry, data, source=source, license=license))
+    (folder / CARD_FILE).write_text(
+        _model_card(entry, data, source=source, license=license), encoding="utf-8"
+    )
     return folder
 
 

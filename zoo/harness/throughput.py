@@ -43,7 +43,7 @@ class PeakMemory:
         else:
             # not Linux, or not allowed: the figure is then the process's lifetime peak
             with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")
+                Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -52,7 +52,7 @@ class PeakMemory:
             return
         status = Path("/proc/self/status")
         if status.is_file():
-            m = re.search(r"VmHWM:\s+(\d+)\s+kB", status.read_text())
+            m = re.search(r"VmHWM:\s+(\d+)\s+kB", status.read_text(encoding="utf-8"))
             if m:
                 self.peak_mb = int(m.group(1)) / 1024
 

@@ -46,8 +46,9 @@ Schema, per (model, dataset, seed) run, nested under a parent run per suite:
 
 Artifacts and run folders, each file stored once. The run's artifact in MLflow is the canonical copy:
 ``unet-zoo weights publish`` and the report download it, and against a server it is the only copy that
-others see. The run folder (``<workdir>/<experiment>/<run name>-<id>``) holds the same files under the
-names that ``unet-zoo evaluate RUN_DIR``, ``predict --weights`` and ``train --resume`` read:
+others see. The run folder (``<workdir>/<experiment>/<run name>-<id>``; the experiment's name is one
+plain folder name, :func:`check_experiment_name`, so that it stays inside the workdir) holds the same
+files under the names that ``unet-zoo evaluate RUN_DIR``, ``predict --weights`` and ``train --resume`` read:
 ``best.safetensors``, ``config.json``, ``overlays/``. On a local store (artifacts under a ``file:``
 location, the default ``mlartifacts``) :meth:`Tracker.log_artifact` makes the artifact a hard link to the
 run folder's file instead of a copy: one file on disk with two names, so that deleting either name
@@ -63,6 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -72,6 +74,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from zoo.errors import ConfigError
 from zoo.metrics import class_metric_keys
 from zoo.mlflow_store import StoreError, default_tracking_uri, open_client, sqlite_path, store_lock
 
@@ -84,6 +87,7 @@ __all__ = [
     "QUALITY_KEYS",
     "StoreError",
     "Tracker",
+    "check_experiment_name",
     "class_names_param",
     "default_tracking_uri",
     "git_state",
@@ -126,6 +130,22 @@ METRIC_KEYS = (*QUALITY_KEYS, *COST_KEYS, "best_epoch")
 LOCKED_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 T = TypeVar("T")
+
+# An experiment's name names folders: WORKDIR/<experiment>/ (its run folders), WORKDIR/reports/<experiment>/
+# and WORKDIR/tune/<experiment>/. One plain path component, so that no name reaches outside the workdir.
+_SAFE_EXPERIMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_experiment_name(name: str, *, fix: str = "choose another (--experiment NAME)") -> None:
+    """Refuse an experiment name that is not a plain folder name (``..``, a slash, a space, a newline):
+    letters, digits, '_', '-' and '.', beginning with a letter or digit, at most 100 characters. Called
+    wherever a name becomes a folder name (:class:`Tracker`, the report's default folder)."""
+    if not _SAFE_EXPERIMENT.fullmatch(name):
+        raise ConfigError(
+            f"experiment name {name!r}: an experiment name is 1 to 100 letters, digits, '_', '-' or '.', "
+            "beginning with a letter or digit (it names folders inside the workdir: WORKDIR/EXPERIMENT/ "
+            f"for its runs, WORKDIR/reports/EXPERIMENT/ for its report); {fix}"
+        )
 
 
 def is_database_locked(err: BaseException) -> bool:
@@ -175,6 +195,7 @@ class Tracker:
     def __init__(
         self, experiment: str, *, workdir: str | Path = "runs", tracking_uri: str | None = None
     ) -> None:
+        check_experiment_name(experiment)  # before anything is written: it names the run folders
         logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET)  # a set: added once
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

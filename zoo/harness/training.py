@@ -256,7 +256,7 @@ def _resumable_config(run_dir: Path, tracker: Tracker | None) -> TrainConfig:
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise ConfigError(f"{meta_path}: not a run folder (no run.json); pass the folder a run created")
-    run_id = json.loads(meta_path.read_text())["run_id"]
+    run_id = json.loads(meta_path.read_text(encoding="utf-8"))["run_id"]
     # Checked on the recording process only; under torchrun its error ends the other ranks too.
     if tracker is not None and tracker.run_status(run_id) == "FINISHED":
         raise ConfigError(
@@ -264,7 +264,7 @@ def _resumable_config(run_dir: Path, tracker: Tracker | None) -> TrainConfig:
             "best.safetensors and drops its checkpoint unless keep_checkpoint=true). Start a new run "
             "with `unet-zoo train`, or score this one with `unet-zoo evaluate`."
         )
-    return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
@@ -456,9 +456,9 @@ class _Run:
             )
             run_dir = workdir / rec.experiment / f"{cfg.run_name}-{run_id[:8]}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+            (run_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
             (run_dir / "run.json").write_text(
-                json.dumps({"run_id": run_id, "experiment": rec.experiment}) + "\n"
+                json.dumps({"run_id": run_id, "experiment": rec.experiment}) + "\n", encoding="utf-8"
             )
             rec.log_params(run_id, self._params())
             tags_ = {
@@ -502,7 +502,7 @@ class _Run:
     def resume(self, run_dir: Path) -> _Progress:
         """The killed run's progress, its model and optimiser restored from its last checkpoint."""
         self.run_dir = run_dir
-        self.run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        self.run_id = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["run_id"]
         if self.rec is not None:
             self.rec.resume_run(self.run_id)
         path = run_dir / "checkpoint.pt"

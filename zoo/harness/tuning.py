@@ -535,7 +535,7 @@ def record_study(tracker: Tracker, result: StudyResult) -> None:
     rows = [dataclasses.asdict(t) for t in result.trials]
     path = Path(tracker.workdir) / "tune" / f"{result.study.name}-trials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    path.write_text(json.dumps(rows, indent=1, default=str) + "\n", encoding="utf-8")
     tracker.log_artifact(result.parent_run_id, path, "study")
     tracker.finish(result.parent_run_id, "FINISHED" if best is not None else "FAILED")
 
@@ -614,7 +614,9 @@ def write_tuned_recipe(result: StudyResult, path: str | Path, *, tracking_uri: s
                 raise ConfigError(f"{path}: not a valid recipes file ({err}); fix or move it") from err
         existing[name] = table
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(_TUNED_HEADER + "".join(_toml_table(n, t) for n, t in sorted(existing.items())))
+        tmp.write_text(
+            _TUNED_HEADER + "".join(_toml_table(n, t) for n, t in sorted(existing.items())), encoding="utf-8"
+        )
         tmp.replace(path)
     use_recipe_files(*recipe_files(), path)
     get_recipe(name)  # read back through the one parser: a file it cannot read is never left behind

@@ -6,17 +6,26 @@ everything the Markdown says: both are written from the same lines and cells.
 
 A report folder records which experiment it holds (:data:`MARKER`); writing another experiment's report
 over it is refused unless forced, so that regenerating one board never replaces another by surprise.
+
+Names in the runs (models, overrides, datasets, data paths, devices, experiments) are data, not markup:
+the page escapes them as HTML, the Markdown as Markdown (:func:`md_text`), so that a name holding
+``<img onerror=...>``, ``[x](javascript:...)``, ``|`` or a newline shows as written and never splits a
+table row. Every file is written as UTF-8 (the reports hold ★, ± and ≠ whatever the locale); a file
+that cannot be written is a :class:`ReportWriteError` naming it and the reason.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 import json
 import logging
 import os
+import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,7 +51,16 @@ from zoo.report.leaderboard import (
     compare,
 )
 
-__all__ = ["MARKER", "ReportFolderError", "check_folder", "write_comparison", "write_report"]
+__all__ = [
+    "MARKER",
+    "ReportFolderError",
+    "ReportWriteError",
+    "check_folder",
+    "md_code",
+    "md_text",
+    "write_comparison",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +71,70 @@ REPORT_FILES = ("leaderboard.md", "leaderboard.html", "leaderboard.csv", MARKER)
 
 
 class ReportFolderError(ZooError, ValueError):
-    """The output folder holds another experiment's report (or a report of unknown origin)."""
+    """The output folder holds another experiment's report (or a report of unknown origin), or is not a
+    folder."""
+
+
+class ReportWriteError(ZooError, OSError):
+    """A report file could not be written (a full disk, no permission): the message names it and why."""
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (a report file, or the folder) into a
+    :class:`ReportWriteError` naming the file and the reason."""
+    try:
+        yield
+    except OSError as err:
+        elsewhere = "write the report elsewhere (--out FOLDER)"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free some space there, or {elsewhere}"
+        elif err.errno in (errno.EACCES, errno.EPERM):
+            fix = f"make it writable, or {elsewhere}"
+        else:
+            fix = elsewhere
+        raise ReportWriteError(
+            f"cannot write the report: {err.filename or path}: {err.strerror or err}; {fix}"
+        ) from err
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _writing(path):
+        path.write_text(text, encoding="utf-8")
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with _writing(path):
+        table.to_csv(path, index=False, float_format="%.6g", encoding="utf-8")
+
+
+def _make_folder(folder: Path) -> None:
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+# CommonMark lets a backslash escape any ASCII punctuation; these are the characters that can start
+# markup in a name: links and images, code, emphasis, strikethrough, table cells. '_' only where it can
+# open or close emphasis (not inside a word: unet_bn stays as it is). '&', '<' and '>' become entities,
+# as in the page: raw HTML in Markdown is HTML.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md_text(text: str) -> str:
+    """``text`` as Markdown that shows it as written, on one line: HTML and Markdown markup escaped,
+    newlines (which would end a table row or a paragraph) as spaces."""
+    one_line = " ".join(text.splitlines())
+    escaped = html.escape(one_line, quote=False)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), escaped)
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span (shown as written; no escape works inside one), on one line and
+    fenced by more backticks than it holds in a row. Not for table cells: a '|' there still splits."""
+    one_line = " ".join(text.splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", one_line)), default=0) + 1)
+    pad = " " if one_line.startswith("`") or one_line.endswith("`") else ""
+    return f"{fence}{pad}{one_line}{pad}{fence}"
 
 
 class Link(NamedTuple):
@@ -152,8 +233,14 @@ def _mark(cell: Cell, pareto: bool) -> Cell:
 
 def _md_cell(cell: Cell) -> str:
     if isinstance(cell, str):
-        return cell.replace("|", "\\|")
-    return " ".join(f"[{c.text}]({c.href})" if c.href else c.text for c in cell)
+        return md_text(cell)
+    return " ".join(f"[{md_text(c.text)}]({_md_href(c.href)})" if c.href else md_text(c.text) for c in cell)
+
+
+def _md_href(href: str) -> str:
+    """A link target that cannot end the link early or leave the cell: spaces, parentheses, '<', '>',
+    '|' and backslashes percent-encoded."""
+    return urllib.parse.quote(href, safe=":/?#[]@!$&'*+,;=%~-._")
 
 
 def _html_cell(cell: Cell) -> str:
@@ -390,13 +477,19 @@ def _paper_line(section: _Section) -> str:
 def check_folder(folder: Path, experiment: str, *, force: bool = False) -> None:
     """Refuse to write ``experiment``'s report into a folder holding another experiment's report (or a
     report that does not say whose it is) unless ``force``; the same experiment's report is replaced."""
+    if folder.exists() and not folder.is_dir():  # --force replaces a report, never a file
+        what = "a file" if folder.is_file() else "not a folder (a device, a pipe or a socket)"
+        raise ReportFolderError(
+            f"{folder} is {what}; a report is a folder of files: give --out a folder (one that does not "
+            "exist yet is created)"
+        )
     if force or not folder.is_dir():
         return
     marker = folder / MARKER
     if marker.is_file():
         try:
-            held = json.loads(marker.read_text()).get("experiment")
-        except (json.JSONDecodeError, AttributeError):
+            held = json.loads(marker.read_text(encoding="utf-8")).get("experiment")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
             held = None
         if held == experiment:
             return
@@ -421,17 +514,18 @@ def write_report(
     folder = Path(out)
     check_folder(folder, experiment, force=force)
     previous = _previous_files(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     paths = {
         "csv": folder / "leaderboard.csv",
         "md": folder / "leaderboard.md",
         "html": folder / "leaderboard.html",
     }
-    board.table.to_csv(paths["csv"], index=False, float_format="%.6g")
+    _write_csv(board.table, paths["csv"])
     sections = _sections(board)
-    note = (
-        f"Experiment `{experiment}`; {len(board.runs)} runs. Quality: {REDUCTION}. n (seeds) counts distinct "
-        "seeds; reruns of a seed are averaged first. Cells: one seed, the value alone (no spread); two "
+    # the experiment's name said apart from the rest: a code span in the Markdown, escaped in the page
+    about = (
+        f"{len(board.runs)} runs. Quality: {REDUCTION}. n (seeds) counts distinct seeds; reruns of a seed "
+        "are averaged first. Cells: one seed, the value alone (no spread); two "
         "seeds, mean ± standard deviation; three or more, mean ± standard deviation and the 95% confidence "
         "interval of the mean (t-distribution). Rank =1: the row's Dice interval overlaps the best row's "
         "(tied with it); rows of fewer than three seeds have no interval and are not called tied. "
@@ -441,28 +535,37 @@ def write_report(
         "from 1), of the epochs run; near the last epoch, the run was still improving and its rank is one "
         "of speed of learning, not of converged quality."
     )
+    note = f"Experiment `{experiment}`; {about}"
     if all(s.synthetic for s in sections):
         headline = "Every result on this page is on synthetic twins, not on the real datasets."
     elif any(s.synthetic for s in sections):
         headline = "Some sections are on synthetic twins, not on the real datasets: each section says."
     else:
         headline = "Every result on this page is on real data: each section names it."
-    md = ["# Leaderboard", "", f"**{headline}**", "", note, ""]
+    md = [
+        "# Leaderboard",
+        "",
+        f"**{headline}**",
+        "",
+        f"Experiment {md_code(experiment)}; {md_text(about)}",
+        "",
+    ]
     body = [f"<p><strong>{html.escape(headline)}</strong></p><p>{html.escape(note)}</p>"]
     for section in sections:
         _, varying = _provenance(section)
         header, rows = _rows(section.table, varying)
         notes = _section_notes(section)
-        md += [f"## {section.title}", ""] + [f"{line}  " for line in notes] + [""]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += [f"## {md_text(section.title)}", ""] + [f"{md_text(line)}  " for line in notes] + [""]
+        md += ["| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
         reference = _paper_line(section)
         if reference:
-            md += ["", reference]
+            md += ["", md_text(reference)]
         png = folder / f"pareto-{section.slug}.png"
-        pareto_b64 = pareto_plot(section, png)
+        with _writing(png):
+            pareto_b64 = pareto_plot(section, png)
         paths[f"pareto-{section.slug}"] = png
-        md += ["", f"![Dice against throughput, {section.dataset}]({png.name})", ""]
+        md += ["", f"![Dice against throughput, {md_text(section.dataset)}]({_md_href(png.name)})", ""]
         curves = curves_plot(section, tracking_uri)
         overlays = overlay_images(section, tracking_uri)
         table_html = "<table class='board'><thead><tr>" + "".join(
@@ -493,11 +596,11 @@ def write_report(
             f"<div class='figs'>{figs}</div>"
         )
     if board.excluded:
-        md += ["## Left out", ""] + [f"- {line}" for line in board.excluded]
+        md += ["## Left out", ""] + [f"- {md_text(line)}" for line in board.excluded]
         body.append(
             "<h2>Left out</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in board.excluded) + "</ul>"
         )
-    paths["md"].write_text("\n".join(md) + "\n")
+    _write_text(paths["md"], "\n".join(md) + "\n")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>unet-zoo leaderboard</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
@@ -506,7 +609,7 @@ def write_report(
         "img{max-width:560px}</style></head><body><h1>unet-zoo leaderboard</h1>"
         f"{''.join(body)}<script>{_SORT_JS}</script></body></html>"
     )
-    paths["html"].write_text(page)
+    _write_text(paths["html"], page)
     _finish_folder(folder, experiment, paths, previous)
     return paths
 
@@ -514,8 +617,8 @@ def write_report(
 def _previous_files(folder: Path) -> list[str]:
     """The files the folder's previous report wrote, as its marker lists them (none without one)."""
     try:
-        files = json.loads((folder / MARKER).read_text()).get("files", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
+        files = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
         return []
     return [f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f]
 
@@ -526,10 +629,11 @@ def _finish_folder(folder: Path, experiment: str, paths: dict[str, Path], previo
     for name in sorted(set(previous) - set(written) - {MARKER}):
         stale = folder / name
         if stale.is_file():
-            stale.unlink()
+            with _writing(stale):
+                stale.unlink()
             log.info("removed %s: the previous report of %s wrote it, this one does not", stale, experiment)
     marker = {"experiment": experiment, "files": written}
-    (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    _write_text(folder / MARKER, json.dumps(marker, indent=1) + "\n")
     paths["marker"] = folder / MARKER
 
 
@@ -556,20 +660,21 @@ def write_comparison(
     folder = Path(out)
     check_folder(folder, label, force=force)
     previous = _previous_files(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     table = compare(first.table, second.table)
     paths = {
         "csv": folder / "comparison.csv",
         "md": folder / "comparison.md",
         "html": folder / "comparison.html",
     }
-    table.to_csv(paths["csv"], index=False, float_format="%.6g")
-    note = (
-        f"A = experiment `{name_a}`, B = experiment `{name_b}`. Dice: per-image mean over the validation "
+    _write_csv(table, paths["csv"])
+    about = (
+        "Dice: per-image mean over the validation "
         "split, as on each leaderboard (one seed: the value alone; two: ± sd; three or more: also the 95% "
         "confidence interval). Change = B - A of the means; a change inside either side's spread is not "
         "known to be real. A row on different data in A and B (marked ≠) is not a like-for-like comparison."
     )
+    note = f"A = experiment `{name_a}`, B = experiment `{name_b}`. {about}"
     header = ["dataset", "model", "overrides", "data A", "data B", "Dice A", "Dice B", "Dice B - A"]
     header += ["infer img/s A", "infer img/s B", "img/s B - A"]
     rows = []
@@ -598,15 +703,15 @@ def write_comparison(
             ]
         )
     md = [
-        f"# Comparison: {label}",
+        f"# Comparison: {md_text(label)}",
         "",
-        note,
+        f"A = experiment {md_code(name_a)}, B = experiment {md_code(name_b)}. {md_text(about)}",
         "",
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(map(md_text, header)) + " |",
         "|" + "---|" * len(header),
     ]
     md += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-    paths["md"].write_text("\n".join(md) + "\n")
+    _write_text(paths["md"], "\n".join(md) + "\n")
     table_html = (
         "<table class='board'><thead><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -614,12 +719,13 @@ def write_comparison(
         + "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
         + "</tbody></table>"
     )
-    paths["html"].write_text(
+    _write_text(
+        paths["html"],
         "<!doctype html><html><head><meta charset='utf-8'><title>unet-zoo comparison</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
         "padding:3px 6px;font-size:13px}th{cursor:pointer;background:#eee}</style></head><body>"
         f"<h1>Comparison: {html.escape(label)}</h1><p>{html.escape(note)}</p>{table_html}"
-        f"<script>{_SORT_JS}</script></body></html>"
+        f"<script>{_SORT_JS}</script></body></html>",
     )
     _finish_folder(folder, label, paths, previous)
     return paths
