@@ -24,14 +24,40 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from zoo.cli import _key_values, main
 from zoo.errors import ConfigError, ZooError
 from zoo.factory import create_model
-from zoo.models import SegmentationModel
+from zoo.models import AttentionGate, SegmentationModel
 from zoo.registry import ModelArgumentError, get_entry, list_models
 from zoo.weights.errors import WeightsError, WeightsMismatchError
 from zoo.weights.files import save_weights
 
 # -- case 1: types, and the CLI's booleans ----------------------------------------------------------
+
+
+def test_cli_reads_python_booleans_and_none_as_json_does() -> None:
+    parsed = _key_values(
+        ["attention=False", "grad_checkpointing=True", "encoder_weights=None", "a=false", "n=16", "w=no"],
+        "--override",
+    )
+    assert parsed == {
+        "attention": False,
+        "grad_checkpointing": True,
+        "encoder_weights": None,
+        "a": False,
+        "n": 16,
+        "w": "no",
+    }
+
+
+@pytest.mark.parametrize(("text", "gates"), [("False", 0), ("false", 0), ("True", 4), ("true", 4)])
+def test_attention_override_from_the_command_line_means_the_boolean(text: str, gates: int) -> None:
+    overrides: dict[str, Any] = _key_values([f"attention={text}", "base_channels=4"], "--override")
+    with torch.device("meta"):
+        model = create_model("unet_bn", in_channels=1, num_classes=2, **overrides)
+    assert isinstance(model, SegmentationModel)
+    assert sum(isinstance(m, AttentionGate) for m in model.modules()) == gates
+    assert model.model_args["attention"] is bool(gates)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +92,23 @@ def test_overrides_of_the_wrong_type_are_refused_by_name(
     with torch.device("meta"), pytest.raises(ModelArgumentError, match=f"^{name}: {message}") as err:
         create_model(name, **args)
     assert isinstance(err.value, ZooError) and "\n" not in str(err.value)
+
+
+def test_a_bad_override_fails_the_train_command_in_one_line_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "work"
+    for override, message in [
+        ("attention=nope", "unet_bn: attention='nope' is str, expected a boolean (true or false"),
+        ("base_channels=1e9", "unet_bn: base_channels=1000000000.0 is float, expected a whole number"),
+        ("base_channels=100000", "unet_bn: base_channels=100000 is out of range; use 2 to 256 (default 64)"),
+    ]:
+        argv = ["train", "--model", "unet_bn", "--dataset", "isbi2012", "--workdir", str(workdir)]
+        assert main([*argv, "--override", override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"unet-zoo: error: {message}")
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not workdir.exists()
 
 
 # -- case 2: sizes ------------------------------------------------------------------------------------

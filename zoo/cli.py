@@ -190,7 +190,13 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# Python's spellings of the JSON literals: `--override attention=False` means the boolean, not a string
+_PYTHON_LITERALS: dict[str, object] = {"True": True, "False": False, "None": None}
+
+
 def _parse_value(text: str) -> object:
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -375,7 +381,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from zoo.data.registry import get_dataset
+    from zoo.factory import create_model
     from zoo.harness.config import TrainConfig
     from zoo.harness.distributed import env_rank
     from zoo.harness.recipes import resolve_recipe
@@ -408,6 +417,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         else:
             cfg = TrainConfig.from_dict(fields)
+        # the overrides' names, types and sizes, before the store opens (a bad --override would leave a
+        # failed run behind): built on the meta device, nothing allocated; the channels are placeholders,
+        # the dataset's come with its files
+        with torch.device("meta"):
+            create_model(cfg.model, in_channels=1, num_classes=2, **cfg.overrides)
     main_rank = env_rank() == 0  # under torchrun only rank 0 records and prints
     # the store is opened once the config is known to be good: a bad --set leaves nothing behind
     tracker = _tracker(args, "train") if main_rank else None
@@ -976,7 +990,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="registered dataset (`unet-zoo data list`) or dataset file (my.toml); default: the recipe's",
     )
     p.add_argument(
-        "--override", action="append", metavar="KEY=VALUE", help="model override, e.g. base_channels=16"
+        "--override",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model override, e.g. base_channels=16 or attention=true (JSON values; True/False/None too)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     p.add_argument("--recipes", action="append", metavar="FILE", help="more recipes files (tuned recipes)")
