@@ -2,14 +2,19 @@
 
 A :class:`zoo.errors.ZooError` (a bad value, file, dataset, recipe, run folder or weights file: something
 the user can fix, its message says how) is printed as one line, ``unet-zoo: error: ...``, with exit code
-2; any other exception is a bug and keeps its traceback.
+2; any other exception is a bug and keeps its traceback. Output that cannot be written is no bug either: a
+reader that has gone (``unet-zoo models | head -1``) ends the command quietly, as it ends Unix tools
+(exit code 141, a shell's for SIGPIPE); a full device (``> /dev/full``) is one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -543,7 +548,7 @@ def _record_rescored(run_dir: Path, metrics: dict[str, float], workdir: str) -> 
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from zoo.harness.tracking import default_tracking_uri
+    from zoo.harness.tracking import check_experiment_name, default_tracking_uri
     from zoo.report import build, write_comparison, write_report
 
     experiments = args.experiment or ["suite-default"]
@@ -555,6 +560,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     uri = default_tracking_uri(args.workdir)
     name = experiments[0] if len(experiments) == 1 else "-vs-".join(experiments)
     # per experiment under the workdir by default: never the repository's published reports/ by surprise
+    if not args.out:  # the names make the folder's name: an existing experiment of another name needs --out
+        for experiment in experiments:
+            check_experiment_name(experiment, fix="report it with --out FOLDER")
     out = Path(args.out) if args.out else Path(args.workdir) / "reports" / name
     boards = [build(e, uri) for e in experiments]
     for experiment, board in zip(experiments, boards, strict=True):
@@ -1189,16 +1197,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OutputError(OSError):
+    """Writing the command's output failed: its reader has gone, or its device is full."""
+
+
+class _Output:
+    """``sys.stdout`` while a command runs: a write or flush that fails raises :class:`_OutputError`, so
+    that :func:`main` tells the output's failure from a bug's OSError."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _output_failed(err: _OutputError, stream: Any) -> int:
+    """The exit code for output that could not be written, after a line saying why (none for a reader
+    that has gone). The rest of the output is then dropped: the interpreter flushes it at exit, and
+    would fail again there with a message of its own."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture): nothing is flushed at exit
+        fd = None
+    where = "standard output"
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            where = os.readlink(f"/proc/self/fd/{fd}")  # Linux: the file or device it points at
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    if err.errno == errno.EPIPE:
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool its closed pipe ended
+    fix = "redirect it elsewhere"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space there, or {fix}"
+    print(f"unet-zoo: error: cannot write the output to {where}: {err.strerror}; {fix}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "httpx", "httpx2", "mlflow", "onnx_ir", "onnxscript"):  # httpx: the Hub client
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)  # a TextIO in all that print and the libraries use
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+        return code
     except ZooError as err:  # the user's to fix, and the message says how; anything else is a bug
         print(f"unet-zoo: error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, always
         return 2
+    except _OutputError as err:
+        return _output_failed(err, stdout)
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":
