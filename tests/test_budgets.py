@@ -249,3 +249,23 @@ def test_a_budgeted_run_killed_and_resumed_ends_where_an_uninterrupted_one_does(
     params = tracker.client.get_run(result.run_id).data.params
     for key in ("planned_epochs", "stop_reason", "stopped_early"):
         assert params[key] == ref_params[key], key
+
+
+def test_an_epoch_that_accumulate_does_not_divide_steps_on_its_last_micro_batches(
+    tmp_path: Path, fresh_store: Callable[[Path], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over the crops is 2 micro-batches; with accumulate=3 their gradients once made no step
+    (computed, then dropped at the next epoch's zero_grad): now the last, short group makes one."""
+    steps: list[int] = []
+    make = train_module._optimizer
+
+    def counted(cfg: TrainConfig, model: Any) -> Any:
+        opt = make(cfg, model)
+        opt.register_step_post_hook(lambda *_: steps.append(1))  # the run's optimiser only
+        return opt
+
+    monkeypatch.setattr(train_module, "_optimizer", counted)
+    tracker = Tracker("accumulate", workdir=fresh_store(tmp_path))
+    result = train(_cfg(epochs=2, steps_per_epoch=None, accumulate=3), tracker=tracker, workdir=tmp_path)
+    assert _history(tracker, result.run_id, "train_steps") == {0: 2.0, 1: 2.0}  # micro-batches
+    assert len(steps) == 2  # one optimiser step an epoch

@@ -584,6 +584,10 @@ class _Run:
         loss_sum = torch.zeros((), device=device)
         grad_norm_sum = torch.zeros((), device=device)
         steps = 0
+        # micro-batches this epoch, and the last optimiser step's share when accumulate does not divide
+        # them: that step averages over its own micro-batches instead of dropping their gradients
+        total = min(limit, len(loader)) if limit else len(loader)
+        whole = total - total % cfg.accumulate
         opt.zero_grad(set_to_none=True)
         bar = tqdm(
             loader,
@@ -617,8 +621,9 @@ class _Run:
                     "kept. Lower the learning rate, use amp='bf16' or 'none' instead of fp16, or check "
                     "the data for NaN."
                 )
-            scaler.scale(loss / cfg.accumulate).backward()
-            if (i + 1) % cfg.accumulate == 0:
+            group = cfg.accumulate if i < whole else total - whole
+            scaler.scale(loss / group).backward()
+            if (i + 1) % cfg.accumulate == 0 or i + 1 == total:
                 grad_norm_sum += _unscale_and_clip(cfg, model, opt, scaler)
                 scaler.step(opt)
                 scaler.update()
@@ -633,7 +638,7 @@ class _Run:
         return {
             "train_loss": train_loss,
             "train_steps": float(steps),
-            "grad_norm": (grad_norm_sum / max(steps // cfg.accumulate, 1)).item(),
+            "grad_norm": (grad_norm_sum / max(math.ceil(steps / cfg.accumulate), 1)).item(),
         }
 
     def _check_last_batch(self, sampler: ShardedBatchSampler, limit: int) -> None:
